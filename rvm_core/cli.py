@@ -1,0 +1,123 @@
+"""The ``rvm`` command line: one subcommand per job, each a thin wrapper over library calls."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+
+# -- convert ---------------------------------------------------------------------------------
+def _convert_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("src", help="official representations4d RVM checkpoint (.npz)")
+    p.add_argument("dst", help="output project checkpoint (.safetensors)")
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from .checkpoint import count_parameters, load_model, save_model
+
+    model = load_model(args.src)
+    save_model(model, args.dst)
+    n = count_parameters(model)
+    print(f"wrote {args.dst}: {model.config.width}-wide, {n['total']:,} parameters")
+    return 0
+
+
+# -- info ------------------------------------------------------------------------------------
+def _info_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", help="checkpoint (.safetensors or official .npz) or config name")
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    import torch
+
+    from .checkpoint import count_parameters, load_model
+    from .config import CONFIGS
+    from .model import RVM
+
+    if args.checkpoint in CONFIGS:
+        with torch.device("meta"):  # counts only: no memory for L/H weights
+            model = RVM(CONFIGS[args.checkpoint])
+    else:
+        model = load_model(args.checkpoint)
+    for key, value in dataclasses.asdict(model.config).items():
+        print(f"{key:>20}: {value}")
+    for key, value in count_parameters(model).items():
+        print(f"{key + ' params':>20}: {value:,}")
+    return 0
+
+
+# -- features --------------------------------------------------------------------------------
+def _features_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("video", help="video file, folder of images, or .npy uint8 [T,H,W,3]")
+    p.add_argument("--checkpoint", required=True, help="model checkpoint")
+    p.add_argument("--out", required=True, help="output .npy, float32 [T,1+N,D]")
+    p.add_argument("--size", default=None, help="model input HxW (default: the model's)")
+    p.add_argument("--device", default="cpu")
+
+
+def cmd_features(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    from .checkpoint import load_model
+    from .data.video import read_video
+    from .preprocess import parse_size, to_model_input
+
+    model = load_model(args.checkpoint, device=args.device)
+    size = parse_size(args.size) if args.size else model.config.image_size
+    p = model.config.patch_size
+    if size[0] % p or size[1] % p:
+        raise ValueError(f"--size {size[0]}x{size[1]} is not a multiple of the patch size {p}")
+    video = read_video(args.video)
+    state, out = None, []
+    with torch.inference_mode():
+        for frame in video:
+            x = to_model_input(torch.from_numpy(np.ascontiguousarray(frame))[None], size)
+            features, state = model.step(x.to(args.device), state)
+            out.append(features[0].float().cpu().numpy())
+    feats = np.stack(out)
+    np.save(args.out, feats)
+    print(f"wrote {args.out}: {feats.shape[0]} frames x {feats.shape[1]} tokens x {feats.shape[2]}")
+    return 0
+
+
+# -- entry point -----------------------------------------------------------------------------
+Setup = Callable[[argparse.ArgumentParser], None]
+Run = Callable[[argparse.Namespace], int]
+
+# name -> (help, declare arguments, run)
+COMMANDS: dict[str, tuple[str, Setup, Run]] = {
+    "convert": ("official .npz checkpoint -> project .safetensors", _convert_args, cmd_convert),
+    "info": ("print a checkpoint's config and parameter counts", _info_args, cmd_info),
+    "features": ("stream a video and save per-frame features", _features_args, cmd_features),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rvm", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (help_text, setup, run) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        setup(p)
+        p.set_defaults(run=run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``rvm`` command; expected failures print one line and exit with status 1."""
+    from .checkpoint import CheckpointError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except (CheckpointError, ValueError, FileNotFoundError, OSError) as exc:
+        print(f"rvm {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
