@@ -1,16 +1,29 @@
-"""rvm_core: Recurrent Video Masked Autoencoders in PyTorch (model, checkpoints, training, eval)."""
+"""rvm_core: Recurrent Video Masked Autoencoders in PyTorch (model, checkpoints, training, eval).
 
-from .checkpoint import CheckpointError, build_model, load_model, save_model
-from .config import CONFIGS, RVMConfig, get_config
-from .model import RVM
+Names are imported lazily so numpy-only parts (``rvm_core.eval``, ``rvm_core.readout``) can be
+used by the deployment side without PyTorch installed.
+"""
 
-__all__ = [
-    "CONFIGS",
-    "RVM",
-    "CheckpointError",
-    "RVMConfig",
-    "build_model",
-    "get_config",
-    "load_model",
-    "save_model",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "CONFIGS": "config",
+    "RVMConfig": "config",
+    "get_config": "config",
+    "RVM": "model",
+    "CheckpointError": "checkpoint",
+    "build_model": "checkpoint",
+    "load_model": "checkpoint",
+    "save_model": "checkpoint",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'rvm_core' has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)

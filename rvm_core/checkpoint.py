@@ -130,7 +130,7 @@ def _short(items: list[str], limit: int = 6) -> str:
 
 # -- official format -----------------------------------------------------------------------------
 def official_key(name: str) -> str:
-    """Project parameter name -> official Flax key (e.g. ``encoder/layers_0/mlp/dense_in/kernel``)."""
+    """Project parameter name -> official Flax key (``encoder/layers_0/mlp/dense_in/kernel``)."""
     for ours, theirs in _PREFIXES:
         if name.startswith(ours):
             name = theirs + name[len(ours) :]
