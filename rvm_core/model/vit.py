@@ -84,7 +84,8 @@ class Tokenizer(nn.Module):
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         p = self.patch_embedding.patch_size
-        grid = (frames.shape[-2] // p, frames.shape[-1] // p)
+        # Plain ints: the table is a constant per grid (ONNX tracing would give tensors here).
+        grid = (int(frames.shape[-2]) // p, int(frames.shape[-1]) // p)
         tokens = self.patch_embedding(frames)
         return tokens + self.posenc(grid, tokens.device).to(tokens.dtype)
 

@@ -1,0 +1,43 @@
+"""Launch rvm_node: ``ros2 launch rvm_ros rvm.launch.py image_topic:=/camera/image_raw``.
+
+Arguments and defaults come from ``rvm_ros.launch_args``, shared with
+``python -m rvm_ros.launch_local`` which starts the same node where ``ros2 launch`` is missing.
+"""
+
+from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import Node
+
+from launch import LaunchContext, LaunchDescription
+from rvm_ros.launch_args import LAUNCH_ARGUMENTS, default_params_file, node_config
+
+
+def _node(context: LaunchContext) -> list[Node]:
+    values = {name: LaunchConfiguration(name).perform(context) for name in LAUNCH_ARGUMENTS}
+    cfg = node_config(values)  # the same translation launch_local uses
+    return [
+        Node(
+            package=cfg["package"],
+            executable=cfg["executable"],
+            name=cfg["name"],
+            namespace=cfg["namespace"],
+            parameters=[cfg["params_file"], cfg["parameters"]],
+            remappings=cfg["remappings"],
+            arguments=["--ros-args", "--log-level", cfg["log_level"]],
+            output="screen",
+            emulate_tty=True,
+        )
+    ]
+
+
+def generate_launch_description() -> LaunchDescription:
+    """One rvm_node with the params file, image remapping, namespace and use_sim_time."""
+    args = [
+        DeclareLaunchArgument(
+            name,
+            default_value=default_params_file() if name == "params_file" else default,
+            description=text,
+        )
+        for name, (default, text) in LAUNCH_ARGUMENTS.items()
+    ]
+    return LaunchDescription([*args, OpaqueFunction(function=_node)])

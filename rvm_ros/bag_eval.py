@@ -1,0 +1,342 @@
+"""rosbag2 tools: ``rvm make-bag VIDEO OUT_BAG`` and ``rvm bag-eval BAG --checkpoint MODEL``.
+
+``bag-eval`` replays an image topic through :class:`rvm_ros.camera.CameraPipeline` - the node's
+processing, message by message with no drops - and writes the node's FeatureMap/PointTracks
+(built by the same ``rvm_ros.messages`` functions, serialised by rclpy) into an output bag.
+With ground truth it prints TAP-Vid metrics: a sidecar ``<BAG>.tracks.npz`` (or ``--gt``) with
+``tracks`` [N,T,2] (x, y source px), ``occluded`` [N,T] bool and optionally ``query_points``
+[N,3] (t, y, x; default: each track's first visible frame); the queries are added through the
+pipeline's ``add_queries`` before their frame, as the node's ``~/add_queries`` service would.
+
+Bags are read and written with ``rosbags`` (sqlite3 or mcap); the rvm_ros message types are
+registered from the .msg files, so the output bag carries their definitions.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+MSG_TYPES = ("FeatureMap", "PointTracks", "NodeStats")
+IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
+
+
+def msg_dir() -> Path:
+    """Directory of the rvm_ros .msg files (source checkout, else the installed share dir)."""
+    src = Path(__file__).resolve().parent.parent / "msg"
+    if src.is_dir():
+        return src
+    from ament_index_python.packages import get_package_share_directory
+
+    return Path(get_package_share_directory("rvm_ros")) / "msg"
+
+
+def typestore() -> Any:
+    """rosbags typestore (ROS 2 Kilted) with the rvm_ros messages registered from their .msg."""
+    from rosbags.typesys import Stores, get_types_from_msg, get_typestore
+
+    store = get_typestore(Stores.ROS2_KILTED)
+    types: dict = {}
+    for name in MSG_TYPES:
+        text = (msg_dir() / f"{name}.msg").read_text()
+        types.update(get_types_from_msg(text, f"rvm_ros/msg/{name}"))
+    store.register(types)
+    return store
+
+
+def open_writer(path: str | Path, storage: str = "mcap") -> Any:
+    """A rosbags rosbag2 Writer (mcap or sqlite3) for a new bag directory ``path``."""
+    from rosbags.rosbag2 import StoragePlugin, Writer
+
+    plugin = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}[storage]
+    return Writer(Path(path), version=9, storage_plugin=plugin)
+
+
+# -- make-bag ----------------------------------------------------------------------------------
+def make_bag(
+    video: str | Path,
+    out: str | Path,
+    topic: str = "/camera/image_raw",
+    frame_id: str = "camera",
+    encoding: str = "rgb8",
+    fps: float | None = None,
+    max_frames: int | None = None,
+    storage: str = "mcap",
+    start_sec: float = 1_700_000_000.0,
+) -> int:
+    """Write the frames of ``video`` as sensor_msgs/Image to a new bag -> number of frames."""
+    from rclpy.serialization import serialize_message
+    from sensor_msgs.msg import Image
+
+    from rvm_core.data.video import probe_video, read_video
+    from rvm_ros.image_codec import encode_image
+
+    frames = read_video(video, max_frames=max_frames)
+    rate = fps or probe_video(video).fps or 30.0
+    store = typestore()
+    with open_writer(out, storage) as writer:
+        conn = writer.add_connection(topic, "sensor_msgs/msg/Image", typestore=store)
+        for i, frame in enumerate(frames):
+            t_ns = int(round((start_sec + i / rate) * 1e9))
+            msg = Image(**encode_image(frame, encoding))
+            msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(t_ns, 1_000_000_000)
+            msg.header.frame_id = frame_id
+            writer.write(conn, t_ns, serialize_message(msg))
+    return len(frames)
+
+
+# -- bag-eval ----------------------------------------------------------------------------------
+def read_images(bag: str | Path, topic: str | None) -> Iterator[tuple[str, int, Any, bool]]:
+    """(topic, log time ns, rclpy message, compressed) for each image of ``topic`` in the bag."""
+    from rclpy.serialization import deserialize_message
+    from rosbags.highlevel import AnyReader
+    from sensor_msgs.msg import CompressedImage, Image
+
+    with AnyReader([Path(bag)], default_typestore=typestore()) as reader:
+        conns = [c for c in reader.connections if c.msgtype in IMAGE_TYPES]
+        if topic is not None:
+            conns = [c for c in conns if c.topic == topic]
+        topics = sorted({c.topic for c in conns})
+        if len(topics) != 1:
+            found = sorted({c.topic for c in reader.connections if c.msgtype in IMAGE_TYPES})
+            raise ValueError(
+                f"{bag}: need exactly one image topic (--image-topic); image topics: {found}"
+            )
+        for conn, t_ns, raw in reader.messages(connections=conns):
+            compressed = conn.msgtype.endswith("CompressedImage")
+            yield (
+                conn.topic,
+                t_ns,
+                deserialize_message(raw, CompressedImage if compressed else Image),
+                compressed,
+            )
+
+
+def load_gt(path: str | Path) -> dict[str, np.ndarray]:
+    """Ground-truth sidecar .npz -> query_points [N,3] (t,y,x), tracks [N,T,2], occluded [N,T]."""
+    with np.load(path) as z:
+        tracks = np.asarray(z["tracks"], np.float64)
+        occluded = np.asarray(z["occluded"]).astype(bool)
+        if "query_points" in z:
+            queries = np.asarray(z["query_points"], np.float64)
+        else:
+            t = np.argmax(~occluded, axis=1)
+            n = np.arange(len(t))
+            queries = np.stack([t, tracks[n, t, 1], tracks[n, t, 0]], 1)
+    if tracks.ndim != 3 or occluded.shape != tracks.shape[:2] or queries.shape != (len(tracks), 3):
+        raise ValueError(f"{path}: bad ground-truth shapes {tracks.shape}, {occluded.shape}")
+    return {"query_points": queries, "tracks": tracks, "occluded": occluded}
+
+
+def bag_eval(
+    bag: str | Path,
+    model: str | Path,
+    out: str | Path | None = None,
+    image_topic: str | None = None,
+    gt: str | Path | None = None,
+    device: str = "cpu",
+    feature_dtype: str = "float16",
+    config: Any = None,
+    storage: str = "mcap",
+) -> dict[str, Any]:
+    """Replay ``bag`` through the node's pipeline; write outputs to ``out``; TAP-Vid if GT."""
+    from rclpy.serialization import serialize_message
+
+    from rvm_ros.camera import CameraPipeline, PipelineConfig
+    from rvm_ros.messages import feature_map, point_tracks
+    from rvm_ros.node import load_runtime
+
+    runtime, info = load_runtime(str(model), device)
+    gt_path = Path(gt) if gt else Path(f"{Path(bag).as_posix().rstrip('/')}.tracks.npz")
+    truth = load_gt(gt_path) if gt_path.is_file() else None
+    q_t = np.round(truth["query_points"][:, 0]).astype(int) if truth is not None else None
+    pipeline: CameraPipeline | None = None
+    store = typestore()
+    writer = open_writer(out, storage) if out else None
+    conns: dict[str, Any] = {}
+    query_ids: dict[int, int] = {}  # public track id -> ground-truth row
+    pred_xy: list[np.ndarray] = []
+    pred_occ: list[np.ndarray] = []
+    n_msgs, n_frames, rejected = 0, 0, 0
+    image_hw = None
+    try:
+        if writer is not None:
+            writer.open()
+        for topic, t_ns, msg, compressed in read_images(bag, image_topic):
+            if pipeline is None:
+                pipeline = CameraPipeline(topic, runtime, config or PipelineConfig(), info.input_hw)
+            if truth is not None:
+                rows = np.flatnonzero(q_t == n_msgs)
+                if len(rows):
+                    xy = truth["query_points"][rows][:, [2, 1]]
+                    ids = pipeline.add_queries(xy)
+                    query_ids.update(zip(ids.tolist(), rows.tolist()))
+            pipeline.submit(msg, compressed)
+            result = pipeline.process(pipeline.take())
+            n_msgs += 1
+            if result is None:  # keeps frame numbering: the frame counts, as all occluded
+                rejected += 1
+                if truth is not None:
+                    pred_xy.append(pred_xy[-1] if pred_xy else truth["query_points"][:, [2, 1]])
+                    pred_occ.append(np.ones(len(truth["tracks"]), bool))
+                continue
+            image_hw = result.image_hw
+            n_frames += 1
+            if truth is not None:
+                xy = truth["query_points"][:, [2, 1]].copy()  # before the query: its position
+                occ = np.ones(len(xy), bool)
+                rows = np.array([query_ids.get(int(i), -1) for i in result.ids])
+                ok = rows >= 0
+                xy[rows[ok]], occ[rows[ok]] = result.xy[ok], ~result.visible[ok]
+                pred_xy.append(xy)
+                pred_occ.append(occ)
+            if writer is not None:
+                base = topic[: -len("/compressed")] if compressed else topic
+                fm = feature_map(
+                    result.header,
+                    result.features,
+                    result.image_hw,
+                    result.frame_index,
+                    result.sequence_id,
+                    info.model_id,
+                    feature_dtype,
+                )
+                tr = point_tracks(
+                    result.header,
+                    result.ids,
+                    result.xy,
+                    result.visible,
+                    result.visibility,
+                    result.age,
+                    result.frame_index,
+                    result.sequence_id,
+                )
+                for suffix, m, mtype in (
+                    ("features", fm, "rvm_ros/msg/FeatureMap"),
+                    ("tracks", tr, "rvm_ros/msg/PointTracks"),
+                ):
+                    name = f"{base}/rvm/{suffix}"
+                    if name not in conns:
+                        conns[name] = writer.add_connection(name, mtype, typestore=store)
+                    writer.write(conns[name], t_ns, serialize_message(m))
+    finally:
+        if writer is not None:
+            writer.close()
+    summary: dict[str, Any] = {"frames": n_frames, "rejected": rejected, "model_id": info.model_id}
+    if pipeline is not None:
+        summary["resets"] = pipeline.stats.resets
+    if truth is not None and n_frames:
+        summary.update(_tapvid(truth, np.stack(pred_xy, 1), np.stack(pred_occ, 1), image_hw))
+    return summary
+
+
+def _tapvid(truth: dict, pred_xy: np.ndarray, pred_occ: np.ndarray, hw: tuple) -> dict:
+    """TAP-Vid 'first' metrics (256x256 space) of predictions [N,T',2] against the ground truth."""
+    from rvm_core.eval.metrics import rescale_points, tapvid_metrics
+
+    t = min(pred_xy.shape[1], truth["tracks"].shape[1])
+    m = tapvid_metrics(
+        rescale_points(truth["query_points"], hw, fmt="tyx")[None],
+        truth["occluded"][None, :, :t],
+        rescale_points(truth["tracks"][:, :t], hw)[None],
+        pred_occ[None, :, :t],
+        rescale_points(pred_xy[:, :t], hw)[None],
+        query_mode="first",
+    )
+    keys = ("average_jaccard", "average_pts_within_thresh", "occlusion_accuracy")
+    return {k: float(m[k][0]) for k in keys}
+
+
+# -- command line ------------------------------------------------------------------------------
+def bag_eval_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("bag", help="input rosbag2 (directory or .mcap/.db3)")
+    p.add_argument("--checkpoint", required=True, help="exported ONNX model")
+    p.add_argument("--image-topic", default=None, help="image topic (default: the only one)")
+    p.add_argument("--out", default=None, help="output bag with FeatureMap/PointTracks")
+    p.add_argument("--gt", default=None, help="ground-truth tracks .npz (default BAG.tracks.npz)")
+    p.add_argument("--device", default="cpu", help="auto | cpu | cuda | tensorrt")
+    p.add_argument("--params", default=None, help="node parameter YAML (default: config/rvm.yaml)")
+    p.add_argument("--storage", default="mcap", choices=("mcap", "sqlite3"))
+
+
+def pipeline_config_from_yaml(path: str | Path | None) -> tuple[Any, str]:
+    """The node's PipelineConfig and feature_dtype from a parameter YAML (its rvm_node entry)."""
+    import yaml
+
+    from rvm_ros.camera import PipelineConfig
+    from rvm_ros.launch_args import default_params_file
+
+    path = Path(path or default_params_file())
+    doc = yaml.safe_load(path.read_text()) or {}
+    params: dict = {}
+    for key, value in doc.items():
+        if key.rstrip("/").endswith("rvm_node") or key == "/**":
+            params.update(value.get("ros__parameters", {}))
+    tr = params.get("tracks", {})
+    cfg = PipelineConfig(
+        max_image_pixels=params.get("max_image_pixels", PipelineConfig.max_image_pixels),
+        depth_max=params.get("depth_max", PipelineConfig.depth_max),
+        reset_on_time_jump=params.get("reset_on_time_jump", True),
+        max_gap_sec=params.get("max_gap_sec", PipelineConfig.max_gap_sec),
+        tracks_grid=tuple(tr.get("grid", PipelineConfig.tracks_grid)),
+        tracks_max=tr.get("max", PipelineConfig.tracks_max),
+        tracks_reseed=tr.get("reseed_when_lost", True),
+        tracks_lost_frames=tr.get("lost_frames", PipelineConfig.tracks_lost_frames),
+        tracks_method=tr.get("method", PipelineConfig.tracks_method),
+    )
+    return cfg, params.get("feature_dtype", "float16")
+
+
+def cmd_bag_eval(args: argparse.Namespace) -> int:
+    cfg, dtype = pipeline_config_from_yaml(args.params)
+    s = bag_eval(
+        args.bag,
+        args.checkpoint,
+        out=args.out,
+        image_topic=args.image_topic,
+        gt=args.gt,
+        device=args.device,
+        feature_dtype=dtype,
+        config=cfg,
+        storage=args.storage,
+    )
+    line = f"bag-eval: {s['frames']} frames, {s['rejected']} rejected, model {s['model_id']}"
+    if "average_jaccard" in s:
+        line += (
+            f" | TAP-Vid AJ {s['average_jaccard']:.3f} <delta_avg "
+            f"{s['average_pts_within_thresh']:.3f} OA {s['occlusion_accuracy']:.3f}"
+        )
+    if args.out:
+        line += f" | wrote {args.out}"
+    print(line)
+    return 0
+
+
+def make_bag_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("video", help="video file (or image folder / .npy)")
+    p.add_argument("out", help="output rosbag2 directory")
+    p.add_argument("--topic", default="/camera/image_raw")
+    p.add_argument("--frame-id", default="camera")
+    p.add_argument("--encoding", default="rgb8", choices=("rgb8", "bgr8"))
+    p.add_argument("--fps", type=float, default=None, help="default: the video's")
+    p.add_argument("--max-frames", type=int, default=None)
+    p.add_argument("--storage", default="mcap", choices=("mcap", "sqlite3"))
+
+
+def cmd_make_bag(args: argparse.Namespace) -> int:
+    n = make_bag(
+        args.video,
+        args.out,
+        topic=args.topic,
+        frame_id=args.frame_id,
+        encoding=args.encoding,
+        fps=args.fps,
+        max_frames=args.max_frames,
+        storage=args.storage,
+    )
+    print(f"make-bag: wrote {n} frames of {args.video} to {args.out} ({args.topic})")
+    return 0

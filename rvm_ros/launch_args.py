@@ -1,0 +1,94 @@
+"""Launch arguments shared by ``launch/rvm.launch.py`` and ``python -m rvm_ros.launch_local``.
+
+One source of truth: the launch file declares exactly these arguments with these defaults, and
+the local launcher (for machines without ``ros2 launch``) turns the same values into
+``--ros-args`` for ``rvm_node``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+NODE_NAME = "rvm_node"
+PACKAGE = "rvm_ros"
+EXECUTABLE = "rvm_node"
+# Remapped by the image_topic argument: the node subscribes to the relative topic "image".
+IMAGE_TOPIC_PARAM_DEFAULT = "image"
+
+
+def default_params_file() -> str:
+    """config/rvm.yaml from the installed share directory, else from this source checkout."""
+    try:
+        from ament_index_python.packages import get_package_share_directory
+
+        path = Path(get_package_share_directory(PACKAGE)) / "config" / "rvm.yaml"
+        if path.is_file():
+            return str(path)
+    except Exception:  # not installed as a ROS package (pip / source checkout)
+        pass
+    return str(Path(__file__).resolve().parent.parent / "config" / "rvm.yaml")
+
+
+def default_model_path() -> str:
+    """The shipped default model: $RVM_MODEL, else rvm_ros/data/rvm_default.onnx."""
+    env = os.environ.get("RVM_MODEL")
+    if env:
+        return env
+    return str(Path(__file__).resolve().parent / "data" / "rvm_default.onnx")
+
+
+# name -> (default, description). Defaults are strings, as launch arguments are.
+LAUNCH_ARGUMENTS: dict[str, tuple[str, str]] = {
+    "params_file": ("", "parameter YAML for rvm_node (empty: the package's config/rvm.yaml)"),
+    "image_topic": ("/camera/image_raw", "camera topic the node's 'image' input is remapped to"),
+    "namespace": ("", "namespace of the node (and of its relative topics)"),
+    "use_sim_time": ("false", "use /clock (bag replay with --clock)"),
+    "model_path": ("", "ONNX model (empty: the value in params_file, else the shipped default)"),
+    "device": ("", "auto | cpu | cuda | tensorrt (empty: the value in params_file)"),
+    "log_level": ("info", "ROS log level of the node"),
+}
+
+
+def node_config(values: dict[str, str]) -> dict:
+    """Launch argument values (strings) -> how to start the node (used by both launchers).
+
+    ``model_path``/``device`` override the params file only when non-empty.
+    """
+    v = {name: default for name, (default, _) in LAUNCH_ARGUMENTS.items()}
+    v.update({k: val for k, val in values.items() if val is not None})
+    unknown = sorted(set(values) - set(LAUNCH_ARGUMENTS))
+    if unknown:
+        raise ValueError(f"unknown launch arguments: {', '.join(unknown)}")
+    sim = v["use_sim_time"].strip().lower()
+    if sim not in ("true", "false", "1", "0"):
+        raise ValueError(f"use_sim_time must be true or false, got {v['use_sim_time']!r}")
+    parameters: dict[str, object] = {"use_sim_time": sim in ("true", "1")}
+    for key in ("model_path", "device"):
+        if v[key]:
+            parameters[key] = v[key]
+    return {
+        "package": PACKAGE,
+        "executable": EXECUTABLE,
+        "name": NODE_NAME,
+        "namespace": v["namespace"],
+        "params_file": v["params_file"] or default_params_file(),
+        "parameters": parameters,
+        "remappings": [(IMAGE_TOPIC_PARAM_DEFAULT, v["image_topic"])],
+        "log_level": v["log_level"],
+    }
+
+
+def ros_args(cfg: dict) -> list[str]:
+    """node_config(...) -> ``--ros-args ...`` for ``rvm_node`` (what launch_ros would pass)."""
+    out = ["--ros-args", "-r", f"__node:={cfg['name']}"]
+    if cfg["namespace"]:
+        out += ["-r", f"__ns:=/{cfg['namespace'].strip('/')}"]
+    out += ["--params-file", cfg["params_file"]]
+    for key, value in cfg["parameters"].items():
+        text = str(value).lower() if isinstance(value, bool) else str(value)
+        out += ["-p", f"{key}:={text}"]
+    for src, dst in cfg["remappings"]:
+        out += ["-r", f"{src}:={dst}"]
+    out += ["--log-level", cfg["log_level"]]
+    return out

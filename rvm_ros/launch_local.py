@@ -1,0 +1,43 @@
+"""Start rvm_node like ``launch/rvm.launch.py`` does, without ``ros2 launch`` (not available here).
+
+    python -m rvm_ros.launch_local image_topic:=/camera/image_raw namespace:=front
+    python -m rvm_ros.launch_local --print   # show the command instead of running it
+
+Takes the launch file's ``name:=value`` arguments (same names and defaults, from
+``rvm_ros.launch_args``) and runs ``rvm_node --ros-args ...`` in this process.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+
+from rvm_ros.launch_args import LAUNCH_ARGUMENTS, node_config, ros_args
+
+
+def parse(argv: list[str]) -> dict[str, str]:
+    """``name:=value`` items -> dict (unknown names are an error, as in ros2 launch)."""
+    values = {}
+    for item in argv:
+        name, sep, value = item.partition(":=")
+        if not sep or name not in LAUNCH_ARGUMENTS:
+            known = ", ".join(LAUNCH_ARGUMENTS)
+            raise SystemExit(f"launch_local: error: expected name:=value with name in: {known}")
+        values[name] = value
+    return values
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    show = "--print" in argv
+    args = ros_args(node_config(parse([a for a in argv if a != "--print"])))
+    if show:
+        print(shlex.join(["rvm_node", *args]))
+        return 0
+    from rvm_ros.node import main as node_main
+
+    return node_main(["rvm_node", *args])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""Per-camera counters and a sliding window of latencies (plain Python, thread-safe)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class StatsSnapshot:
+    """Counters since start plus window statistics; latencies in ms, fps in frames/s."""
+
+    frames_in: int = 0
+    frames_processed: int = 0
+    frames_dropped: int = 0
+    frames_rejected: int = 0
+    resets: int = 0
+    latency_p50_ms: float = float("nan")
+    latency_p95_ms: float = float("nan")
+    step_p50_ms: float = float("nan")
+    fps: float = 0.0
+    rejected_by_reason: dict[str, int] = field(default_factory=dict)
+
+    def line(self) -> str:
+        """One log line, e.g. ``in 120 processed 80 dropped 40 rejected 0 | 15.1 fps ...``."""
+        rej = ", ".join(f"{k}={v}" for k, v in sorted(self.rejected_by_reason.items()))
+        return (
+            f"in {self.frames_in} processed {self.frames_processed} dropped {self.frames_dropped} "
+            f"rejected {self.frames_rejected}{f' ({rej})' if rej else ''} resets {self.resets} | "
+            f"{self.fps:.1f} fps, latency p50 {self.latency_p50_ms:.1f} ms "
+            f"p95 {self.latency_p95_ms:.1f} ms, step p50 {self.step_p50_ms:.1f} ms"
+        )
+
+
+class CameraStats:
+    """Counts frames and keeps (time, latency, step) of processed frames over ``window_sec``."""
+
+    def __init__(self, window_sec: float = 5.0, max_samples: int = 4096) -> None:
+        self.window_sec = window_sec
+        self._lock = threading.Lock()
+        self.frames_in = 0
+        self.frames_processed = 0
+        self.frames_dropped = 0
+        self.resets = 0
+        self.rejected: Counter[str] = Counter()
+        # Bounded: memory stays constant whatever the frame rate.
+        self._samples: deque[tuple[float, float, float]] = deque(maxlen=max_samples)
+
+    def received(self) -> None:
+        with self._lock:
+            self.frames_in += 1
+
+    def dropped(self) -> None:
+        with self._lock:
+            self.frames_dropped += 1
+
+    def reject(self, reason: str) -> None:
+        with self._lock:
+            self.rejected[reason] += 1
+
+    def reset(self) -> None:
+        with self._lock:
+            self.resets += 1
+
+    def processed(self, latency_s: float, step_s: float, now: float | None = None) -> None:
+        """Record one processed frame: stamp-to-publication latency and model step time (s)."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            self.frames_processed += 1
+            self._samples.append((now, latency_s, step_s))
+
+    def snapshot(self, now: float | None = None) -> StatsSnapshot:
+        """Counters plus p50/p95 latency and fps over the last ``window_sec``."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            recent = [s for s in self._samples if s[0] >= now - self.window_sec]
+            snap = StatsSnapshot(
+                frames_in=self.frames_in,
+                frames_processed=self.frames_processed,
+                frames_dropped=self.frames_dropped,
+                frames_rejected=sum(self.rejected.values()),
+                resets=self.resets,
+                rejected_by_reason=dict(self.rejected),
+            )
+        if recent:
+            lat = np.array([s[1] for s in recent]) * 1e3
+            snap.latency_p50_ms, snap.latency_p95_ms = (
+                float(v) for v in np.percentile(lat, [50, 95])
+            )
+            snap.step_p50_ms = float(np.median([s[2] for s in recent]) * 1e3)
+            # Frame intervals over the window (robust to a stream younger than the window).
+            if len(recent) > 1:
+                snap.fps = (len(recent) - 1) / max(recent[-1][0] - recent[0][0], 1e-6)
+        return snap

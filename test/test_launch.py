@@ -1,0 +1,144 @@
+"""launch/rvm.launch.py, config/rvm.yaml and the launcher that works without ros2 launch."""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rvm_ros.launch_args import LAUNCH_ARGUMENTS, node_config, ros_args
+from rvm_ros.node import PARAMETERS
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from rvm_test_models import tiny_onnx  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+LAUNCH = REPO / "launch" / "rvm.launch.py"
+HAS_LAUNCH_ROS = importlib.util.find_spec("launch_ros") is not None
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def test_params_file_matches_declared_parameters():
+    doc = yaml.safe_load((REPO / "config" / "rvm.yaml").read_text())
+    (key,) = doc
+    assert key.endswith("rvm_node")
+    params = _flatten(doc[key]["ros__parameters"])
+    assert set(params) == set(PARAMETERS)
+    for name, value in params.items():
+        default = PARAMETERS[name][0]
+        assert type(value) is type(default), name  # rclpy rejects a type change
+        assert value == default, f"{name}: yaml {value!r} != declared default {default!r}"
+
+
+@pytest.mark.skipif(HAS_LAUNCH_ROS, reason="launch_ros present: test_launch_description runs")
+def test_launch_file_static():
+    """launch_ros is not installable here: check the launch file's structure statically."""
+    tree = ast.parse(LAUNCH.read_text())
+    imports = {
+        (node.module, alias.name)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom)
+        for alias in node.names
+    }
+    assert ("launch_ros.actions", "Node") in imports
+    assert ("launch.actions", "DeclareLaunchArgument") in imports
+    assert ("rvm_ros.launch_args", "LAUNCH_ARGUMENTS") in imports
+    assert ("rvm_ros.launch_args", "node_config") in imports
+    funcs = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
+    assert "generate_launch_description" in funcs
+    node_kwargs = {
+        kw.arg
+        for call in ast.walk(tree)
+        if isinstance(call, ast.Call) and getattr(call.func, "id", "") == "Node"
+        for kw in call.keywords
+    }
+    assert {"package", "executable", "name", "namespace", "parameters", "remappings"} <= node_kwargs
+    assert {"params_file", "image_topic", "namespace", "use_sim_time"} <= set(LAUNCH_ARGUMENTS)
+
+
+@pytest.mark.skipif(not HAS_LAUNCH_ROS, reason="launch_ros is not installable on this machine")
+def test_launch_description():  # pragma: no cover - runs where ROS 2 is installed
+    from launch.actions import DeclareLaunchArgument, OpaqueFunction
+
+    from launch import LaunchContext
+
+    spec = importlib.util.spec_from_file_location("rvm_launch", LAUNCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    ld = module.generate_launch_description()
+    declared = {e.name for e in ld.entities if isinstance(e, DeclareLaunchArgument)}
+    assert declared == set(LAUNCH_ARGUMENTS)
+    ctx = LaunchContext()
+    for e in ld.entities:
+        if isinstance(e, DeclareLaunchArgument):
+            e.visit(ctx)
+    (fn,) = [e for e in ld.entities if isinstance(e, OpaqueFunction)]
+    (node,) = fn.execute(ctx)
+    assert node.node_package == "rvm_ros" and node.node_executable == "rvm_node"
+
+
+def test_node_config_and_ros_args():
+    cfg = node_config({"image_topic": "/front/image_raw", "namespace": "front", "model_path": "m"})
+    assert cfg["remappings"] == [("image", "/front/image_raw")]
+    assert cfg["parameters"] == {"use_sim_time": False, "model_path": "m"}
+    args = ros_args(cfg)
+    assert args[:3] == ["--ros-args", "-r", "__node:=rvm_node"]
+    assert "__ns:=/front" in args and "image:=/front/image_raw" in args
+    assert args[args.index("--params-file") + 1].endswith("config/rvm.yaml")
+    with pytest.raises(ValueError):
+        node_config({"use_sim_time": "maybe"})
+    with pytest.raises(ValueError):
+        node_config({"no_such_argument": "1"})
+
+
+def test_launch_local_starts_the_node(make_node, spin_until):
+    """launch_local with the launch arguments: namespace, remapping, params file, sim time."""
+    model = tiny_onnx((64, 64))
+    cmd = [sys.executable, "-m", "rvm_ros.launch_local"]
+    cmd += ["image_topic:=/lt/camera/image_raw", "namespace:=lt", f"model_path:={model}"]
+    cmd += ["use_sim_time:=true"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        probe = make_node("rvm_launch_probe")
+        want = {"/lt/camera/image_raw/rvm/features", "/lt/camera/image_raw/rvm/tracks"}
+        want |= {"/lt/rvm_node/stats"}
+
+        def ready() -> bool:
+            return want <= {name for name, _ in probe.get_topic_names_and_types()}
+
+        assert spin_until(ready, timeout_sec=30.0), "node topics did not appear"
+        from rcl_interfaces.srv import GetParameters
+
+        cli = probe.create_client(GetParameters, "/lt/rvm_node/get_parameters")
+        assert spin_until(cli.service_is_ready, timeout_sec=10.0)
+        names = ["use_sim_time", "tracks.grid", "image_topics", "qos.depth", "model_path"]
+        fut = cli.call_async(GetParameters.Request(names=names))
+        assert spin_until(fut.done, timeout_sec=10.0)
+        v = fut.result().values
+        assert v[0].bool_value is True
+        assert list(v[1].integer_array_value) == [8, 8]  # from config/rvm.yaml
+        assert list(v[2].string_array_value) == ["image"]
+        assert v[3].integer_value == 1
+        assert v[4].string_value == str(model)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    time.sleep(0.1)
