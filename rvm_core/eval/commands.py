@@ -1,0 +1,501 @@
+"""``rvm track``, ``rvm propagate`` and ``rvm eval {synthetic,tapvid,davis}`` implementations."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ..readout.features import ModelFeatures, PixelFeatures
+from ..readout.propagation import PropagationConfig, propagate_labels
+from ..readout.tracker import METHODS, TrackerConfig, track_video
+
+FeatureFn = Callable[[np.ndarray], np.ndarray]
+
+
+# -- shared helpers ----------------------------------------------------------------------------
+def _parse_overrides(items: Sequence[str] | None) -> dict[str, object]:
+    """``key=value`` strings -> dict with numbers parsed (for --tracker / --propagation)."""
+    out: dict[str, object] = {}
+    for item in items or []:
+        key, _, value = item.partition("=")
+        if not _:
+            raise ValueError(f"expected key=value, got {item!r}")
+        low = value.lower()
+        if low in ("true", "false"):
+            out[key] = low == "true"
+        else:
+            try:
+                out[key] = int(value)
+            except ValueError:
+                try:
+                    out[key] = float(value)
+                except ValueError:
+                    out[key] = value
+    return out
+
+
+def _tracker_config(method: str, overrides: Sequence[str] | None) -> TrackerConfig:
+    return TrackerConfig(method=method, **_parse_overrides(overrides))
+
+
+def _prop_config(overrides: Sequence[str] | None) -> PropagationConfig:
+    return PropagationConfig(**_parse_overrides(overrides))
+
+
+def _load(checkpoint: str, device: str = "cpu"):
+    """A model from a checkpoint path, or random weights from a config name ("tiny", "S"...)."""
+    from ..checkpoint import build_model, load_model
+    from ..config import CONFIGS
+
+    if checkpoint in CONFIGS:
+        return build_model(checkpoint, seed=0).to(device).eval()
+    return load_model(checkpoint, device=device)
+
+
+def _random_like(model, seed: int = 0):
+    """Same architecture as ``model`` with fresh random weights (the untrained baseline)."""
+    from ..checkpoint import build_model
+
+    return build_model(model.config, seed=seed).eval()
+
+
+def _model_size(model, size: str | None) -> tuple[int, int] | None:
+    from ..preprocess import parse_size
+
+    return parse_size(size) if size else None
+
+
+def _feature_fn(args: argparse.Namespace) -> FeatureFn | None:
+    """The feature source selected by --features/--checkpoint for track/propagate."""
+    if args.features == "pixels":
+        return PixelFeatures(_pixel_grid(args))
+    if not args.checkpoint:
+        raise ValueError("--checkpoint is required for model features (or use --features pixels)")
+    model = _load(args.checkpoint, args.device)
+    return ModelFeatures(model, size=_model_size(model, args.size), device=args.device)
+
+
+def _pixel_grid(args: argparse.Namespace) -> tuple[int, int]:
+    from ..preprocess import parse_size
+
+    return parse_size(args.pixel_grid) if args.pixel_grid else (16, 16)
+
+
+def _common_feature_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", default=None, help="checkpoint, or a config name = random")
+    p.add_argument("--features", choices=("model", "pixels"), default="model")
+    p.add_argument("--pixel-grid", default=None, help="grid HxW of --features pixels (16x16)")
+    p.add_argument("--size", default=None, help="model input HxW (default: the model's)")
+    p.add_argument("--device", default="cpu")
+
+
+# -- rvm track ---------------------------------------------------------------------------------
+def read_queries(path: str | Path) -> np.ndarray:
+    """Queries [N,3] (t, x, y px) from .npy or .csv (comma/space separated, optional header)."""
+    path = Path(path)
+    if path.suffix == ".npy":
+        q = np.load(path, allow_pickle=False)
+    else:
+        rows = []
+        for line in path.read_text().splitlines():
+            parts = line.replace(",", " ").split()
+            if not parts or line.lstrip().startswith("#"):
+                continue
+            try:
+                rows.append([float(v) for v in parts])
+            except ValueError:
+                if rows:
+                    raise ValueError(f"bad query row in {path}: {line!r}") from None
+                continue  # header line
+        q = np.asarray(rows, dtype=np.float64)
+    q = np.asarray(q, dtype=np.float64)
+    if q.ndim != 2 or q.shape[1] != 3:
+        raise ValueError(f"queries must be rows of (t, x, y), got shape {q.shape}")
+    return q
+
+
+def track_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("video", help="video file, folder of images, or .npy uint8 [T,H,W,3]")
+    p.add_argument("--queries", required=True, help=".npy/.csv rows (t, x, y) in video pixels")
+    p.add_argument("--out", required=True, help="output .npz: tracks [N,T,2], occluded [N,T]")
+    p.add_argument("--method", choices=METHODS, default="hybrid")
+    p.add_argument("--tracker", nargs="*", metavar="KEY=VALUE", help="TrackerConfig overrides")
+    _common_feature_args(p)
+
+
+def cmd_track(args: argparse.Namespace) -> int:
+    from ..data.video import read_video
+
+    queries = read_queries(args.queries)
+    frames = read_video(args.video)
+    if len(queries) and np.round(queries[:, 0]).max() >= len(frames):
+        raise ValueError(f"a query frame is beyond the video's {len(frames)} frames")
+    feats = None if args.method == "lk" else _feature_fn(args)
+    t0 = time.perf_counter()
+    tracks, occluded, scores = track_video(
+        queries, frames=frames, features=feats, config=_tracker_config(args.method, args.tracker)
+    )
+    dt = time.perf_counter() - t0
+    np.savez(args.out, tracks=tracks, occluded=occluded, scores=scores, query_points=queries)
+    print(
+        f"wrote {args.out}: {tracks.shape[0]} tracks x {tracks.shape[1]} frames "
+        f"({args.method}, {len(frames) / dt:.1f} fps)"
+    )
+    return 0
+
+
+# -- rvm propagate -----------------------------------------------------------------------------
+def propagate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("video", help="video file, folder of images, or .npy uint8 [T,H,W,3]")
+    p.add_argument("--first-mask", required=True, help="label PNG of frame 0 (palette/gray/RGB)")
+    p.add_argument("--out", required=True, help="output .npy label ids [T,H,W] uint8")
+    p.add_argument("--propagation", nargs="*", metavar="KEY=VALUE", help="PropagationConfig")
+    _common_feature_args(p)
+
+
+def cmd_propagate(args: argparse.Namespace) -> int:
+    import cv2
+
+    from ..data.video import read_video
+    from .datasets import read_label_png
+
+    frames = read_video(args.video)
+    first = read_label_png(args.first_mask)
+    if first.shape != frames.shape[1:3]:
+        first = cv2.resize(
+            first.astype(np.uint8), frames.shape[2:0:-1], interpolation=cv2.INTER_NEAREST
+        )
+    fn = _feature_fn(args)
+    masks = propagate_labels((fn(f) for f in frames), first, _prop_config(args.propagation))
+    np.save(args.out, masks.astype(np.uint8))
+    print(f"wrote {args.out}: {masks.shape[0]} frames, {int(first.max())} objects")
+    return 0
+
+
+# -- rvm eval ----------------------------------------------------------------------------------
+def eval_args(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="benchmark", required=True, metavar="benchmark")
+    s = sub.add_parser("synthetic", help="exact-GT tracking + propagation benchmark")
+    s.add_argument("--checkpoint", default=None, help="trained checkpoint (or config = random)")
+    s.add_argument("--random-baseline", action="store_true", help="also random weights")
+    s.add_argument("--methods", default="rvm,hybrid,lk,pixels", help="readouts and baselines")
+    s.add_argument("--frames", type=int, default=48, help="frames per sequence (long: 300)")
+    s.add_argument("--sequences", type=int, default=None, help="limit the number of sequences")
+    s.add_argument("--image-size", default="480x640", help="benchmark frame HxW")
+    s.add_argument("--ranges", default=None, help="frame ranges to score apart, e.g. 1:100,200:300")
+    s.add_argument("--no-stereo", action="store_true", help="skip the Middlebury stereo pair")
+    s.add_argument("--no-propagation", action="store_true")
+    s.add_argument("--root", default="data/real", help="folder holding the held-out clips")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--json", default=None, help="write all results here")
+    _eval_common(s)
+    t = sub.add_parser("tapvid", help="TAP-Vid (DAVIS/Kinetics pickle, or .npz) point tracking")
+    t.add_argument("data", help="TAP-Vid .pkl / .npz file or a folder of them")
+    t.add_argument("--checkpoint", default=None)
+    t.add_argument("--method", choices=METHODS, default="hybrid")
+    t.add_argument("--features", choices=("model", "pixels"), default="model")
+    t.add_argument("--query-mode", choices=("first", "strided"), default="first")
+    t.add_argument("--resize", default="256x256", help="frames HxW the tracker sees")
+    t.add_argument("--trust-pickle", action="store_true", help="allow unpickling (trusted only)")
+    t.add_argument("--max-videos", type=int, default=None)
+    t.add_argument("--json", default=None)
+    _eval_common(t)
+    d = sub.add_parser("davis", help="DAVIS-2017 semi-supervised label propagation (J&F)")
+    d.add_argument("data", help="DAVIS-2017 root (JPEGImages/480p, Annotations/480p, ImageSets)")
+    d.add_argument("--checkpoint", default=None)
+    d.add_argument("--features", choices=("model", "pixels"), default="model")
+    d.add_argument("--split", default="val")
+    d.add_argument("--max-sequences", type=int, default=None)
+    d.add_argument("--json", default=None)
+    _eval_common(d)
+
+
+def _eval_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--size", default=None, help="model input HxW (default: the model's)")
+    p.add_argument("--pixel-grid", default=None, help="grid HxW of pixel features")
+    p.add_argument("--tracker", nargs="*", metavar="KEY=VALUE", help="TrackerConfig overrides")
+    p.add_argument("--propagation", nargs="*", metavar="KEY=VALUE", help="PropagationConfig")
+    p.add_argument("--device", default="cpu")
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    return {"synthetic": eval_synthetic, "tapvid": eval_tapvid, "davis": eval_davis}[
+        args.benchmark
+    ](args)
+
+
+def _write_json(path: str | None, results: object) -> None:
+    if path:
+        Path(path).write_text(json.dumps(results, indent=2, default=float))
+        print(f"wrote {path}")
+
+
+def _fmt(v: float | None) -> str:
+    return "    -" if v is None or not np.isfinite(v) else f"{v:5.3f}"
+
+
+# .. synthetic ...................................................................................
+def _synthetic_sources(args: argparse.Namespace, methods: set[str]) -> dict[str, Callable]:
+    """Feature source factories by label: trained / random / pixels (fresh state per video)."""
+    sources: dict[str, Callable[[], FeatureFn]] = {}
+    ckpt = args.checkpoint
+    if ckpt is None:
+        try:  # the shipped default model, once it exists
+            from .. import load_model
+
+            model = load_model("default")
+        except Exception:
+            model = None
+            ckpt = "tiny"
+            print("no --checkpoint and no default model: random 'tiny' weights only")
+    else:
+        model = _load(ckpt, args.device)
+    from ..config import CONFIGS
+
+    size = _model_size(None, args.size)
+    if model is not None and ckpt not in CONFIGS:
+        sources["trained"] = lambda: ModelFeatures(model, size=size, device=args.device)
+    if args.random_baseline or ckpt in CONFIGS or model is None:
+        base = model if model is not None else _load(ckpt, args.device)
+        rnd = _random_like(base, seed=args.seed)
+        sources["random"] = lambda: ModelFeatures(rnd, size=size, device=args.device)
+    if "pixels" in methods:
+        grid = _pixel_grid(args)
+        sources["pixels"] = lambda: PixelFeatures(grid)
+    return sources
+
+
+def _stereo_case() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Middlebury motorcycle (scikit-image) as a 2-frame video with GT x_r = x_l - d."""
+    from skimage import data
+
+    left, right, disp = data.stereo_motorcycle()
+    h, w = left.shape[:2]
+    ys, xs = np.meshgrid(np.linspace(20, h - 21, 10), np.linspace(20, w - 21, 12), indexing="ij")
+    pts = np.stack([xs.ravel(), ys.ravel()], -1)
+    d = disp[np.rint(pts[:, 1]).astype(int), np.rint(pts[:, 0]).astype(int)].astype(np.float64)
+    gt1 = pts - np.stack([np.nan_to_num(d, posinf=0.0), np.zeros_like(d)], -1)
+    occ1 = ~np.isfinite(d) | (gt1[:, 0] < 0)
+    tracks = np.stack([pts, gt1], axis=1)
+    occluded = np.stack([np.zeros(len(pts), bool), occ1], axis=1)
+    queries = np.concatenate([np.zeros((len(pts), 1)), pts], 1)
+    return np.stack([left, right]), queries, tracks, occluded
+
+
+def _parse_ranges(text: str | None) -> list[tuple[int, int]]:
+    if not text:
+        return []
+    out = []
+    for part in text.split(","):
+        a, b = part.split(":")
+        out.append((int(a), int(b)))
+    return out
+
+
+def eval_synthetic(args: argparse.Namespace) -> int:
+    from ..preprocess import parse_size
+    from .synthetic import SyntheticConfig, make_benchmark, mask_scores, track_scores
+
+    methods = {m.strip() for m in args.methods.split(",") if m.strip()}
+    unknown = methods - {"rvm", "hybrid", "lk", "pixels"}
+    if unknown:
+        raise ValueError(f"unknown methods {sorted(unknown)}")
+    readouts = [m for m in ("rvm", "hybrid") if m in methods]
+    sources = _synthetic_sources(args, methods) if readouts or not args.no_propagation else {}
+    ranges = _parse_ranges(args.ranges)
+    config = SyntheticConfig(
+        num_frames=args.frames, image_hw=parse_size(args.image_size), seed=args.seed
+    )
+    rows: dict[tuple[str, str], dict[str, list]] = {}
+
+    def record(key: tuple[str, str], metric: str, value: float) -> None:
+        rows.setdefault(key, {}).setdefault(metric, []).append(value)
+
+    def score_tracks(key, q, gt, gto, tr, occ, hw, prefix=""):
+        m = track_scores(q, gt, gto, tr, occ, hw)
+        for name in ("average_jaccard", "average_pts_within_thresh", "occlusion_accuracy"):
+            record(key, prefix + name, m[name])
+        for a, b in ranges if not prefix else []:
+            if b <= gt.shape[1]:
+                r = track_scores(q, gt, gto, tr, occ, hw, frame_range=(a, b))
+                record(key, f"AJ[{a}:{b}]", r["average_jaccard"])
+                record(key, f"delta[{a}:{b}]", r["average_pts_within_thresh"])
+
+    t_start = time.perf_counter()
+    videos = []
+    for seq in make_benchmark(config, root=args.root, max_sequences=args.sequences):
+        videos.append(seq.name)
+        hw = seq.frames.shape[1:3]
+        if "lk" in methods:
+            tr, occ, _ = track_video(
+                seq.query_points, frames=seq.frames, config=_tracker_config("lk", args.tracker)
+            )
+            score_tracks(("lk", "none"), seq.query_points, seq.tracks, seq.occluded, tr, occ, hw)
+        for label, make in sources.items():
+            fn = make()
+            feats = [fn(f) for f in seq.frames]
+            for r in readouts:
+                cfg = _tracker_config(r, args.tracker)
+                tr, occ, _ = track_video(
+                    seq.query_points, frames=seq.frames, features=feats, config=cfg
+                )
+                score_tracks((r, label), seq.query_points, seq.tracks, seq.occluded, tr, occ, hw)
+            if not args.no_propagation:
+                pred = propagate_labels(feats, seq.labels[0], _prop_config(args.propagation))
+                js = mask_scores(seq.labels, pred)
+                record(("propagation", label), "JF_mean", js["JF_mean"])
+        print(f"  {seq.name}: done ({time.perf_counter() - t_start:.0f} s)", flush=True)
+
+    if not args.no_stereo:
+        frames, q, gt, gto = _stereo_case()
+        hw = frames.shape[1:3]
+        if "lk" in methods:
+            tr, occ, _ = track_video(q, frames=frames, config=_tracker_config("lk", args.tracker))
+            score_tracks(("lk", "none"), q, gt, gto, tr, occ, hw, prefix="stereo_")
+        for label, make in sources.items():
+            fn = make()
+            feats = [fn(f) for f in frames]
+            for r in readouts:
+                cfg = _tracker_config(r, args.tracker)
+                tr, occ, _ = track_video(q, frames=frames, features=feats, config=cfg)
+                score_tracks((r, label), q, gt, gto, tr, occ, hw, prefix="stereo_")
+
+    # Propagation J&F is a property of the features: show it on every row using them.
+    table = []
+    for (method, label), metrics in rows.items():
+        if method == "propagation":
+            continue
+        row = {"method": method, "features": label}
+        row.update({k: float(np.mean(v)) for k, v in metrics.items()})
+        jf = rows.get(("propagation", label), {}).get("JF_mean")
+        row["JF_mean"] = float(np.mean(jf)) if jf else None
+        table.append(row)
+    for label in sources:  # propagation-only rows when no readout was requested
+        if not readouts and ("propagation", label) in rows:
+            jf = float(np.mean(rows[("propagation", label)]["JF_mean"]))
+            table.append({"method": "propagation", "features": label, "JF_mean": jf})
+
+    extra = [f"AJ[{a}:{b}]" for a, b in ranges] + [f"delta[{a}:{b}]" for a, b in ranges]
+    cols = ["average_jaccard", "average_pts_within_thresh", "occlusion_accuracy", "JF_mean"]
+    if not args.no_stereo:
+        cols += ["stereo_average_jaccard", "stereo_average_pts_within_thresh"]
+    cols += extra
+    names = {
+        "average_jaccard": "AJ",
+        "average_pts_within_thresh": "delta_avg",
+        "occlusion_accuracy": "OA",
+        "JF_mean": "J&F",
+        "stereo_average_jaccard": "stereo AJ",
+        "stereo_average_pts_within_thresh": "stereo delta",
+    }
+    print(
+        f"synthetic benchmark: {len(videos)} sequences x {config.num_frames} frames at "
+        f"{config.image_hw[1]}x{config.image_hw[0]} ({', '.join(videos)}); TAP-Vid 'first', 256x256"
+    )
+    header = f"{'method':<8} | {'features':<8} | " + " | ".join(
+        f"{names.get(c, c):>9}" for c in cols
+    )
+    print(header)
+    print("-" * len(header))
+    for row in table:
+        vals = " | ".join(f"{_fmt(row.get(c)):>9}" for c in cols)
+        print(f"{row['method']:<8} | {row['features']:<8} | {vals}")
+    _write_json(
+        args.json,
+        {"config": dataclasses.asdict(config), "videos": videos, "rows": table},
+    )
+    return 0
+
+
+# .. TAP-Vid .....................................................................................
+def eval_tapvid(args: argparse.Namespace) -> int:
+    import cv2
+
+    from ..preprocess import parse_size
+    from .datasets import read_tapvid, tapvid_queries
+    from .metrics import tapvid_mean, tapvid_metrics
+
+    h, w = parse_size(args.resize)
+    fn = None
+    if args.method != "lk":
+        args.pixel_grid = getattr(args, "pixel_grid", None)
+        fn = _feature_fn(args)
+    per_video, names = [], []
+    for i, v in enumerate(read_tapvid(args.data, trust_pickle=args.trust_pickle)):
+        if args.max_videos is not None and i >= args.max_videos:
+            break
+        frames = np.stack([cv2.resize(f, (w, h), interpolation=cv2.INTER_AREA) for f in v.video])
+        # TAP-Vid coordinates: normalised [0,1] x size (no half-pixel shift), as tapnet does.
+        pts = v.points * np.array([w, h])
+        q, rows = tapvid_queries(v.occluded, pts, args.query_mode)
+        if hasattr(fn, "reset"):
+            fn.reset()
+        tr, occ, _ = track_video(
+            q, frames=frames, features=fn, config=_tracker_config(args.method, args.tracker)
+        )
+        scale = np.array([256 / w, 256 / h])
+        m = tapvid_metrics(
+            q[None][..., [0, 2, 1]] * np.array([1, 256 / h, 256 / w]),
+            v.occluded[rows][None],
+            (pts[rows] * scale)[None],
+            occ[None],
+            (tr * scale)[None],
+            query_mode=args.query_mode,
+        )
+        per_video.append(m)
+        names.append(v.name)
+        print(f"  {v.name}: AJ {float(m['average_jaccard'][0]):.3f}", flush=True)
+    if not per_video:
+        raise ValueError("no videos")
+    mean = tapvid_mean(per_video)
+    print(f"TAP-Vid ({args.query_mode}), {len(names)} videos, method {args.method}")
+    keys = ["average_jaccard", "average_pts_within_thresh", "occlusion_accuracy"]
+    keys += [f"jaccard_{d}" for d in (1, 2, 4, 8, 16)]
+    for k in keys:
+        print(f"{k:>28}: {mean[k]:.4f}")
+    _write_json(args.json, {"mean": mean, "videos": names})
+    return 0
+
+
+# .. DAVIS .......................................................................................
+def eval_davis(args: argparse.Namespace) -> int:
+    from .datasets import read_davis
+    from .metrics import DAVIS_VOID_LABEL, davis_aggregate, davis_summary
+
+    args.pixel_grid = getattr(args, "pixel_grid", None)
+    if args.features == "model" and args.size is None and args.checkpoint:
+        # The paper's DAVIS resolution 480x880 = a 30x55 grid at patch 16: keep that grid.
+        model = _load(args.checkpoint, args.device)
+        p = model.config.patch_size
+        fn: FeatureFn = ModelFeatures(model, size=(30 * p, 55 * p), device=args.device)
+    else:
+        fn = _feature_fn(args)
+    summaries, names = [], []
+    for seq in read_davis(args.data, split=args.split, max_sequences=args.max_sequences):
+        if hasattr(fn, "reset"):
+            fn.reset()
+        first = np.where(seq.labels[0] == DAVIS_VOID_LABEL, 0, seq.labels[0])
+        n = int(first.max()) + 1
+        pred = propagate_labels(
+            (fn(f) for f in seq.frames), first, _prop_config(args.propagation), num_labels=n
+        )
+        s = davis_summary(seq.labels, pred)
+        summaries.append(s)
+        names.append(seq.name)
+        print(f"  {seq.name}: J&F {s['JF_mean']:.3f}", flush=True)
+    if not summaries:
+        raise ValueError("no sequences")
+    agg = davis_aggregate(summaries)
+    print(f"DAVIS-2017 {args.split} (semi-supervised), {len(names)} sequences")
+    print(" | ".join(f"{k}" for k in ("J&F-Mean", "J-Mean", "J-Recall", "F-Mean", "F-Recall")))
+    print(
+        " | ".join(f"{agg[k]:.3f}" for k in ("JF_mean", "J_mean", "J_recall", "F_mean", "F_recall"))
+    )
+    _write_json(args.json, {"aggregate": agg, "sequences": names})
+    return 0

@@ -1,0 +1,171 @@
+"""Synthetic benchmark ground truth, dataset readers and the track/propagate/eval commands."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+from skimage import data
+
+from rvm_core.cli import main
+from rvm_core.eval.datasets import read_davis, read_label_png, read_tapvid, tapvid_queries
+from rvm_core.eval.synthetic import SyntheticConfig, make_sequence, track_scores
+
+SMALL = SyntheticConfig(num_frames=10, image_hw=(96, 128), grid=4, seed=3)
+
+
+@pytest.fixture(scope="module")
+def seq():
+    return make_sequence(data.astronaut(), [data.coffee(), data.chelsea()], SMALL)
+
+
+def test_deterministic(seq) -> None:
+    again = make_sequence(data.astronaut(), [data.coffee(), data.chelsea()], SMALL)
+    np.testing.assert_array_equal(seq.frames, again.frames)
+    np.testing.assert_array_equal(seq.tracks, again.tracks)
+    np.testing.assert_array_equal(seq.labels, again.labels)
+    other = make_sequence(data.astronaut(), [data.coffee()], SMALL, seed=4)
+    assert not np.array_equal(seq.tracks, other.tracks)
+
+
+def test_ground_truth_follows_the_warp(seq) -> None:
+    w = seq.warp
+    for t in range(SMALL.num_frames):
+        # GT = the source point through the homography (and the inverted flow) ...
+        np.testing.assert_allclose(w.backward(t, seq.tracks[:, t]), seq.source_points, atol=1e-6)
+        # ... and, without flow, exactly the homography.
+        p = np.concatenate([seq.source_points, np.ones((len(seq.source_points), 1))], 1)
+        p = p @ w.homographies[t].T
+        assert np.abs(p[:, :2] / p[:, 2:] - seq.tracks[:, t]).max() <= SMALL.flow + 1e-6
+    # The rendered frame shows the source pixel at the GT position (visible points).
+    src = cv2.resize(data.astronaut(), w.source_hw[::-1], interpolation=cv2.INTER_AREA)
+    t = SMALL.num_frames - 1
+    vis = ~seq.occluded[:, t]
+    xy = np.rint(seq.tracks[vis, t]).astype(int)
+    ok = (xy[:, 0] > 2) & (xy[:, 0] < 125) & (xy[:, 1] > 2) & (xy[:, 1] < 93)
+    s = np.rint(w.backward(t, xy[ok].astype(float))).astype(int)
+    shown = seq.frames[t][xy[ok, 1], xy[ok, 0]].astype(float)
+    truth = src[s[:, 1], s[:, 0]].astype(float)
+    assert np.median(np.abs(shown - truth)) < 25
+    # Occlusion: a point is occluded iff out of frame or under an occluder label.
+    for t in range(SMALL.num_frames):
+        p = seq.tracks[:, t]
+        inside = (p[:, 0] >= 0) & (p[:, 0] <= 127) & (p[:, 1] >= 0) & (p[:, 1] <= 95)
+        lab = np.zeros(len(p), int)
+        r = np.rint(np.clip(p, 0, [127, 95])).astype(int)
+        lab[inside] = seq.labels[t][r[inside, 1], r[inside, 0]]
+        agree = seq.occluded[:, t] == (~inside | (lab >= 2))
+        assert agree.mean() > 0.9  # exact test uses continuous coords; rounding may differ
+    assert seq.labels[0].max() >= 2 and (seq.query_points[:, 0] >= 0).all()
+
+
+def test_perfect_prediction_scores_one(seq) -> None:
+    m = track_scores(
+        seq.query_points, seq.tracks, seq.occluded, seq.tracks, seq.occluded, (96, 128), (2, 8)
+    )
+    assert m["average_jaccard"] == pytest.approx(1.0)
+    assert m["occlusion_accuracy"] == pytest.approx(1.0)
+
+
+def test_track_and_propagate_commands(tmp_path: Path) -> None:
+    frames = np.stack([np.roll(data.astronaut()[::4, ::4], 2 * t, axis=1) for t in range(5)])
+    video = tmp_path / "v.npy"
+    np.save(video, frames)
+    q = tmp_path / "q.csv"
+    q.write_text("t,x,y\n0,40,50\n2,70,60\n")
+    out = tmp_path / "tracks.npz"
+    # The model path once (rvm), the other readouts on cheap pixel features / none.
+    for method, extra in (
+        ("rvm", ["--checkpoint", "tiny"]),
+        ("hybrid", ["--features", "pixels", "--pixel-grid", "8x8"]),
+        ("lk", []),
+    ):
+        args = ["track", str(video), "--queries", str(q), "--out", str(out), "--method", method]
+        assert main(args + extra) == 0
+        with np.load(out) as z:
+            assert z["tracks"].shape == (2, 5, 2) and z["occluded"].shape == (2, 5)
+            assert z["occluded"].dtype == bool and z["occluded"][1, :2].all()
+    mask = np.zeros(frames.shape[1:3], np.uint8)
+    mask[40:80, 40:90] = 1
+    Image.fromarray(mask).save(tmp_path / "m.png")
+    masks = tmp_path / "masks.npy"
+    args = ["propagate", str(video), "--first-mask", str(tmp_path / "m.png"), "--out", str(masks)]
+    assert main(args + ["--checkpoint", "tiny"]) == 0
+    m = np.load(masks)
+    assert m.shape == frames.shape[:3] and set(np.unique(m)) <= {0, 1}
+
+
+def test_eval_synthetic_command(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "r.json"
+    args = ["eval", "synthetic", "--checkpoint", "tiny", "--frames", "6", "--image-size", "96x128"]
+    args += ["--sequences", "1", "--root", str(tmp_path / "none"), "--json", str(out)]
+    args += ["--ranges", "1:3,3:6"]
+    assert main(args) == 0
+    rows = json.loads(out.read_text())["rows"]
+    keys = {(r["method"], r["features"]) for r in rows}
+    assert {("lk", "none"), ("rvm", "random"), ("hybrid", "pixels")} <= keys
+    assert all(0 <= r["average_jaccard"] <= 1 for r in rows)
+    assert "stereo AJ" in capsys.readouterr().out
+
+
+def _fake_tapvid() -> dict:
+    rng = np.random.default_rng(0)
+    video = rng.integers(0, 255, (6, 48, 64, 3), dtype=np.uint8)
+    points = rng.uniform(0.1, 0.9, (3, 6, 2))
+    occluded = np.zeros((3, 6), bool)
+    occluded[1, :2] = True
+    return {"video": video, "points": points, "occluded": occluded}
+
+
+def test_tapvid_reader_requires_trust(tmp_path: Path) -> None:
+    pkl = tmp_path / "tapvid_davis.pkl"
+    with open(pkl, "wb") as fh:  # the published DAVIS layout: {name: {video, points, occluded}}
+        pickle.dump({"dog": _fake_tapvid()}, fh)
+    with pytest.raises(ValueError, match="pickle"):
+        next(read_tapvid(pkl))
+    (v,) = list(read_tapvid(pkl, trust_pickle=True))
+    assert v.name == "dog" and v.video.shape == (6, 48, 64, 3)
+    q, rows = tapvid_queries(v.occluded, v.points * [64, 48], "first")
+    assert rows.tolist() == [0, 1, 2] and q[1, 0] == 2
+    assert main(["eval", "tapvid", str(pkl), "--method", "lk"]) == 1  # refused without the flag
+    assert main(["eval", "tapvid", str(pkl), "--method", "lk", "--trust-pickle"]) == 0
+    # Kinetics layout: a list of records with JPEG-encoded frames; and the .npz form.
+    rec = _fake_tapvid()
+    rec["video"] = [cv2.imencode(".jpg", f)[1].tobytes() for f in rec["video"]]
+    with open(tmp_path / "kin.pkl", "wb") as fh:
+        pickle.dump([rec], fh)
+    (k,) = list(read_tapvid(tmp_path / "kin.pkl", trust_pickle=True))
+    assert k.video.shape == (6, 48, 64, 3)
+    np.savez(tmp_path / "dog.npz", **_fake_tapvid())
+    args = ["eval", "tapvid", str(tmp_path / "dog.npz"), "--checkpoint", "tiny", "--method", "rvm"]
+    assert main(args) == 0
+
+
+def test_davis_reader_and_eval(tmp_path: Path) -> None:
+    root = tmp_path / "DAVIS"
+    names = ["bear", "cows"]
+    (root / "ImageSets" / "2017").mkdir(parents=True)
+    (root / "ImageSets" / "2017" / "val.txt").write_text("\n".join(names) + "\n")
+    palette = [0, 0, 0, 128, 0, 0, 0, 128, 0] + [0] * (256 * 3 - 9)
+    for n in names:
+        (root / "JPEGImages" / "480p" / n).mkdir(parents=True)
+        (root / "Annotations" / "480p" / n).mkdir(parents=True)
+        for t in range(4):
+            img = np.roll(data.astronaut()[::8, ::8], 3 * t, axis=1)
+            cv2.imwrite(str(root / "JPEGImages" / "480p" / n / f"{t:05d}.jpg"), img[..., ::-1])
+            lab = np.zeros(img.shape[:2], np.uint8)
+            lab[10:30, 10 + 3 * t : 30 + 3 * t] = 1
+            lab[40:55, 20:40] = 2
+            im = Image.fromarray(lab, mode="P")
+            im.putpalette(palette)
+            im.save(root / "Annotations" / "480p" / n / f"{t:05d}.png")
+    seqs = list(read_davis(root))
+    assert [s.name for s in seqs] == names and seqs[0].labels.max() == 2
+    assert seqs[0].frames.shape[:3] == seqs[0].labels.shape
+    assert read_label_png(root / "Annotations" / "480p" / "bear" / "00000.png").max() == 2
+    assert main(["eval", "davis", str(root), "--features", "pixels", "--pixel-grid", "8x8"]) == 0
