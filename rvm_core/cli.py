@@ -6,6 +6,14 @@ import argparse
 import sys
 from collections.abc import Callable
 
+from rvm_ros.bag_eval import bag_eval_args, cmd_bag_eval, cmd_make_bag, make_bag_args
+from rvm_ros.demo import cmd_demo, demo_args
+
+from .bench import bench_args, cmd_bench
+from .eval.commands import cmd_eval, cmd_propagate, cmd_track, eval_args, propagate_args, track_args
+from .export import cmd_export, export_args
+from .train.cli import cmd_pretrain, pretrain_args
+
 
 # -- convert ---------------------------------------------------------------------------------
 def _convert_args(p: argparse.ArgumentParser) -> None:
@@ -93,6 +101,19 @@ COMMANDS: dict[str, tuple[str, Setup, Run]] = {
     "convert": ("official .npz checkpoint -> project .safetensors", _convert_args, cmd_convert),
     "info": ("print a checkpoint's config and parameter counts", _info_args, cmd_info),
     "features": ("stream a video and save per-frame features", _features_args, cmd_features),
+    "pretrain": ("pretrain an RVM (YAML config; DDP/FSDP/XLA)", pretrain_args, cmd_pretrain),
+    "bench": ("benchmarks: `rvm bench <suite>` (train, runtime, gemm)", bench_args, cmd_bench),
+    "export-onnx": ("export one streaming step to ONNX (+ metadata)", export_args, cmd_export),
+    "demo": ("run rvm_node on the bundled clip: record, draw, summarise", demo_args, cmd_demo),
+    "bag-eval": (
+        "replay a rosbag2 through the node's pipeline (+TAP-Vid)",
+        bag_eval_args,
+        cmd_bag_eval,
+    ),
+    "make-bag": ("write a video as a sensor_msgs/Image rosbag2", make_bag_args, cmd_make_bag),
+    "track": ("track query points through a video (rvm/hybrid/lk)", track_args, cmd_track),
+    "propagate": ("propagate a first-frame mask through a video", propagate_args, cmd_propagate),
+    "eval": ("benchmarks: eval synthetic | tapvid DATA | davis DATA", eval_args, cmd_eval),
 }
 
 

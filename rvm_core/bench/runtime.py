@@ -1,0 +1,194 @@
+"""``rvm bench runtime``: PyTorch eager vs ONNX Runtime (CPU EP) time per streaming step.
+
+Both sides do the same work per frame: uint8 camera frame -> resize/scale -> encoder + core,
+state carried over. PyTorch runs ``to_model_input`` + ``RVM.step`` under inference_mode; ORT
+runs the exported graph through :class:`rvm_ros.runtime.RVMRuntime` (IOBinding, ping-pong
+state, features copied out), i.e. the deployed path. Both get the same thread count.
+
+The machine is shared, so timings are interleaved: rounds of (eager block, ORT block, ...) with
+the first step of each block discarded (it pays for the other side's threads going idle), and
+the median per-step time is reported. Achieved GFLOP/s uses the analytic count of
+:mod:`rvm_core.flops`; the GEMM peak is measured in the same run (:mod:`rvm_core.bench.gemm`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+QUICK_CONFIG = dict(width=32, enc_layers=2, enc_heads=2, enc_mlp=64, core_layers=1, core_heads=2)
+QUICK_CONFIG.update(core_mlp=64, image_size=(64, 64))
+
+
+def _timed_blocks(
+    fns: dict[str, Callable[[], object]], rounds: int, frames: int
+) -> dict[str, list[float]]:
+    """Per-step seconds of each fn: ``rounds`` x (each fn: 1 untimed + ``frames`` timed)."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            fn()
+            for _ in range(frames):
+                t = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t)
+    return times
+
+
+def bench_model(
+    model: Any,
+    label: str,
+    frames: int,
+    rounds: int,
+    threads: int,
+    attention: tuple[str, ...],
+    workdir: Path,
+) -> list[dict[str, Any]]:
+    """Time eager vs ORT for one model at its config image size; one row per attention mode."""
+    import numpy as np
+    import torch
+
+    from rvm_ros.runtime import RVMRuntime
+
+    from ..export import export_onnx
+    from ..flops import step_flops
+    from ..preprocess import to_model_input
+
+    torch.set_num_threads(threads)
+    size = tuple(model.config.image_size)
+    flops = step_flops(model.config)["total"]
+    rng = np.random.default_rng(0)
+    video = rng.integers(0, 256, (8, *size, 3), dtype=np.uint8)
+    tvideo = torch.from_numpy(video)
+    runtimes = {}
+    for mode in attention:
+        path = workdir / f"{label}-{mode}.onnx"
+        export_onnx(model, path, size, attention=mode)
+        runtimes[mode] = RVMRuntime(path, device="cpu", threads=threads)
+
+    eager_state: list[torch.Tensor | None] = [None]
+    counter = [0]
+
+    def eager() -> None:
+        i = counter[0] = (counter[0] + 1) % len(video)
+        with torch.inference_mode():
+            x = to_model_input(tvideo[i : i + 1], size)
+            _, eager_state[0] = model.step(x, eager_state[0])
+
+    def ort_step(rt: RVMRuntime) -> Callable[[], object]:
+        def fn() -> None:
+            counter[0] = (counter[0] + 1) % len(video)
+            rt.step(video[counter[0]])
+
+        return fn
+
+    fns: dict[str, Callable[[], object]] = {"eager": eager}
+    fns.update({mode: ort_step(rt) for mode, rt in runtimes.items()})
+    for fn in fns.values():  # warm-up: allocator, thread pools, first-run graph setup
+        for _ in range(2):
+            fn()
+    times = _timed_blocks(fns, rounds, frames)
+    eager_ms = 1e3 * statistics.median(times["eager"])
+    rows = []
+    for mode in attention:
+        ort_ms = 1e3 * statistics.median(times[mode])
+        rows.append(
+            {
+                "model": label,
+                "input": f"{size[0]}x{size[1]}",
+                "attention": mode,
+                "gflop": flops / 1e9,
+                "eager_ms": eager_ms,
+                "ort_ms": ort_ms,
+                "speedup": eager_ms / ort_ms,
+                "eager_gflops": flops / eager_ms / 1e6,
+                "ort_gflops": flops / ort_ms / 1e6,
+                "samples": len(times[mode]),
+            }
+        )
+    return rows
+
+
+def bench_runtime(
+    sizes: list[str],
+    checkpoints: list[str] = (),
+    frames: int = 20,
+    rounds: int = 5,
+    threads: int = 2,
+    attention: tuple[str, ...] = ("onnx", "ort"),
+    quick: bool = False,
+) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """Benchmark rows (one per model x attention mode) and the GEMM peak of the same run."""
+    from ..checkpoint import build_model, load_model
+    from .gemm import gemm_peak
+
+    models = [(Path(c).stem, load_model(c)) for c in checkpoints]
+    for name in sizes:
+        if quick:
+            models.append(
+                (f"{name}-quick", build_model(name, seed=0, dec_layers=0, **QUICK_CONFIG))
+            )
+        else:
+            models.append((name, build_model(name, seed=0, dec_layers=0)))
+    gemm_kw: dict[str, Any] = {"sizes": (256,), "seconds": 0.05} if quick else {}
+    peak = gemm_peak(threads=threads, **gemm_kw)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="rvm-bench-runtime-") as tmp:
+        for label, model in models:
+            rows += bench_model(model.eval(), label, frames, rounds, threads, attention, Path(tmp))
+    # Measured again at the end; the better one is the peak (load on a shared machine varies).
+    peak_end = gemm_peak(threads=threads, **gemm_kw)
+    peak = {k: max(v, peak_end[k]) for k, v in peak.items()}
+    for row in rows:
+        row["peak_gflops"] = peak["peak"]
+        row["utilisation"] = row["ort_gflops"] / peak["peak"]
+    return rows, peak
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """The benchmark rows as a fixed-width text table."""
+    head = (
+        f"{'model':<12} {'input':>9} {'attn':>5} {'GFLOP':>6} {'eager ms':>9} {'ORT ms':>8} "
+        f"{'ratio':>6} {'ORT GFLOP/s':>11} {'GEMM peak':>9} {'util':>5}"
+    )
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(
+            f"{r['model']:<12} {r['input']:>9} {r['attention']:>5} {r['gflop']:>6.2f} "
+            f"{r['eager_ms']:>9.2f} {r['ort_ms']:>8.2f} {r['speedup']:>5.2f}x "
+            f"{r['ort_gflops']:>11.1f} {r['peak_gflops']:>9.1f} {r['utilisation']:>5.0%}"
+        )
+    return "\n".join(lines)
+
+
+def add_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", action="append", default=[], help="checkpoint(s) to include")
+    p.add_argument("--sizes", default="tiny,S", help="config names (random weights), e.g. tiny,S")
+    p.add_argument("--frames", type=int, default=20, help="timed steps per block")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds (eager, ORT, ...)")
+    p.add_argument("--threads", type=int, default=2, help="torch threads = ORT intra-op threads")
+    p.add_argument(
+        "--attention",
+        default="onnx,ort",
+        help="exports to time: onnx (plain MatMul/Softmax), ort (MultiHeadAttention contrib op)",
+    )
+    p.add_argument("--quick", action="store_true", help="a seconds-long smoke run (tests)")
+
+
+def run(args: argparse.Namespace) -> int:
+    sizes = [s for s in args.sizes.split(",") if s]
+    attention = tuple(a for a in args.attention.split(",") if a)
+    frames, rounds = (3, 2) if args.quick else (args.frames, args.rounds)
+    rows, peak = bench_runtime(
+        sizes, args.checkpoint, frames, rounds, args.threads, attention, args.quick
+    )
+    gemm = ", ".join(f"{k} {v:.0f}" for k, v in peak.items() if k != "peak")
+    print(f"threads: {args.threads}; median ms/step over {rounds} interleaved rounds x {frames}")
+    print(f"GEMM fp32 GFLOP/s: {gemm}")
+    print(format_table(rows))
+    return 0

@@ -1,0 +1,361 @@
+"""Export one streaming step to ONNX: a uint8 camera frame plus the state -> patch features.
+
+The graph has static shapes: ``image`` uint8 [1,H,W,3] at the camera resolution (the resize and
+the [0,1] scaling run inside the graph, via :func:`rvm_core.preprocess.to_model_input`) and
+``state_in`` float32 (``[1,1+N,D]`` for the recurrent core); it returns ``features`` [1,D,h,w]
+(the patch grid, CLS dropped; float32 or float16) and ``state_out`` (float32, like ``state_in``).
+Model metadata (``rvm.*`` keys, see :data:`METADATA_KEYS`) is stored in the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import dataclasses
+import functools
+import hashlib
+import json
+import os
+import types
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # torch is imported lazily: `rvm` (whose parser imports this) stays torch-free
+    import torch
+
+    from .model import RVM
+
+# Opset 18: LayerNormalization (17) is native; no opset-23 Attention op, which ONNX Runtime runs
+# on the CPU only (breaking CUDA graphs). Opsets up to 22 are accepted.
+DEFAULT_OPSET = 18
+MAX_OPSET = 22
+ATTENTION_MODES = ("onnx", "ort")
+DEFAULT_ATTENTION = "onnx"
+
+# Every metadata entry is a string (ONNX metadata_props); the runtime parses them back.
+METADATA_KEYS = (
+    "rvm.model_id",  # config name + short hash of the weights, e.g. "tiny-3f2a9c1d"
+    "rvm.input_size",  # camera "HxW" (the uint8 image input)
+    "rvm.model_size",  # "hxw" the graph resizes to (a multiple of the patch)
+    "rvm.grid",  # token grid "hxw" of the features
+    "rvm.patch_stride",  # "sy,sx": camera pixels per feature cell (input_size / grid)
+    "rvm.feature_dim",  # D
+    "rvm.features_dtype",  # "float32" | "float16"
+    "rvm.compute_dtype",  # "float32" | "float16" (weights and activations)
+    "rvm.state_shape",  # JSON list, e.g. [1, 257, 128]
+    "rvm.attention",  # "onnx" (plain MatMul/Softmax) | "ort" (com.microsoft contrib ops)
+    "rvm.config",  # RVMConfig JSON
+    "rvm.version",  # rvm package version that wrote the file
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportResult:
+    """What :func:`export_onnx` wrote: the file and its metadata."""
+
+    path: Path
+    metadata: dict[str, str]
+
+
+@functools.cache
+def _torch_classes() -> tuple[type, type]:
+    """(StreamingStep, _MultiHeadAttention), defined on first use so importing this is cheap."""
+    import torch
+    from torch import nn
+
+    from .preprocess import to_model_input
+
+    class StreamingStep(nn.Module):
+        """Image uint8 [1,H,W,3], state float32 -> (features [1,D,h,w], state float32)."""
+
+        def __init__(
+            self,
+            model: RVM,
+            model_size: tuple[int, int],
+            features_dtype: torch.dtype = torch.float32,
+            compute_dtype: torch.dtype = torch.float32,
+        ) -> None:
+            super().__init__()
+            p = model.config.patch_size
+            if model_size[0] % p or model_size[1] % p:
+                raise ValueError(
+                    f"model size {model_size[0]}x{model_size[1]} is not a multiple of the patch {p}"
+                )
+            self.model = model
+            self.model_size = tuple(model_size)
+            self.grid = (model_size[0] // p, model_size[1] // p)
+            self.features_dtype = features_dtype
+            self.compute_dtype = compute_dtype
+
+        def forward(
+            self, image: torch.Tensor, state_in: torch.Tensor
+        ) -> tuple[torch.Tensor, torch.Tensor]:
+            x = to_model_input(image, self.model_size).to(self.compute_dtype)
+            # A GRU core keeps the state in float32 (see _fp32_state_gru_forward); others get
+            # the compute dtype.
+            gru = self.model.config.aggregator == "gru"
+            features, state = self.model.step(x, state_in if gru else state_in.to(x.dtype))
+            b, _, d = features.shape
+            grid = features[:, 1:].transpose(1, 2).reshape(b, d, *self.grid)
+            # The state leaves the graph in float32 whatever the compute dtype: it is fed back
+            # every frame, and rounding it to float16 each frame accumulates over a long stream.
+            return grid.to(self.features_dtype), state.float()
+
+    class _MultiHeadAttention(torch.autograd.Function):
+        """softmax(q k^T / sqrt(hd)) v over projected q [B,Nq,D], k, v [B,Nk,D] -> [B,Nq,D].
+
+        Exported as ONNX Runtime's ``com.microsoft.MultiHeadAttention`` (one fused kernel on CPU and
+        CUDA instead of reshape/transpose/MatMul/Softmax nodes).
+        """
+
+        @staticmethod
+        def forward(ctx, q, k, v, heads: int):  # noqa: ANN001, ANN205 (autograd signature)
+            b, nq, d = q.shape
+            nk = k.shape[1]
+            q = q.view(b, nq, heads, d // heads).transpose(1, 2)
+            k = k.view(b, nk, heads, d // heads).transpose(1, 2)
+            v = v.view(b, nk, heads, d // heads).transpose(1, 2)
+            o = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+            return o.transpose(1, 2).reshape(b, nq, d)
+
+        @staticmethod
+        def symbolic(g, q, k, v, heads: int):  # noqa: ANN001, ANN205
+            out = g.op("com.microsoft::MultiHeadAttention", q, k, v, num_heads_i=heads)
+            out.setType(q.type())
+            return out
+
+    return StreamingStep, _MultiHeadAttention
+
+
+def __getattr__(name: str) -> Any:
+    if name == "StreamingStep":
+        return _torch_classes()[0]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def state_shape(model: RVM, model_size: tuple[int, int]) -> tuple[int, ...]:
+    """Shape of the recurrent state for one stream at ``model_size`` ([1,1+N,D] for the GRU)."""
+    p = model.config.patch_size
+    n = (model_size[0] // p) * (model_size[1] // p)
+    import torch
+
+    encoded = torch.zeros(1, 1 + n, model.config.width)
+    return tuple(model.init_state(encoded).shape)
+
+
+def model_id(model: RVM) -> str:
+    """Config name + first 8 hex digits of a SHA-256 over the weights (names, dtypes, bytes)."""
+    import torch
+
+    h = hashlib.sha256()
+    for name, value in sorted(model.state_dict().items()):
+        t = value.detach().cpu().contiguous()
+        h.update(name.encode())
+        h.update(str(t.dtype).encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return f"{model.config.name}-{h.hexdigest()[:8]}"
+
+
+def _rvm_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("rvm")
+    except Exception:  # not installed (source checkout on sys.path)
+        return "unknown"
+
+
+def export_onnx(
+    model: RVM,
+    out: str | os.PathLike,
+    input_size: tuple[int, int],
+    model_size: tuple[int, int] | None = None,
+    fp16: bool = False,
+    features_fp16: bool = False,
+    attention: str = DEFAULT_ATTENTION,
+    opset: int = DEFAULT_OPSET,
+) -> ExportResult:
+    """Write one streaming step of ``model`` as ONNX for camera frames of ``input_size`` (H, W).
+
+    ``model_size`` (default: the config's image_size) is what the graph resizes to. ``fp16``:
+    float16 weights and compute (for CUDA/TensorRT), state I/O stays float32, features float16.
+    ``features_fp16``: float32 compute, features cast to float16. ``attention="ort"`` replaces
+    each attention by ONNX Runtime's ``com.microsoft.MultiHeadAttention`` contrib op.
+    """
+    import torch
+
+    if opset > MAX_OPSET:
+        raise ValueError(
+            f"opset {opset} > {MAX_OPSET}: the opset-23 Attention op breaks CUDA graphs"
+        )
+    if attention not in ATTENTION_MODES:
+        raise ValueError(f"attention must be one of {ATTENTION_MODES}, got {attention!r}")
+    model_size = tuple(model_size or model.config.image_size)
+    out = Path(out)
+    compute = torch.float16 if fp16 else torch.float32
+    feat_dtype = torch.float16 if (fp16 or features_fp16) else torch.float32
+    ident = model_id(model)
+    shape = state_shape(model, model_size)
+    # Trace a copy: the fp16 cast and the tracing overrides never touch the caller's model (a
+    # float16 round trip would change its weights).
+    work = copy.deepcopy(model).eval().to(compute)
+    step = _torch_classes()[0](work, model_size, feat_dtype, compute)
+    image = torch.zeros(1, *input_size, 3, dtype=torch.uint8)
+    state = torch.zeros(shape)
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    try:
+        with _export_patches(work, attention), warnings.catch_warnings():
+            # The positional encoding is a numpy constant (the tracer warns about it), and the
+            # TorchScript exporter warns about its own deprecation.
+            warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
+            warnings.simplefilter("ignore", category=DeprecationWarning)
+            torch.onnx.export(
+                step,
+                (image, state),
+                str(tmp),
+                input_names=["image", "state_in"],
+                output_names=["features", "state_out"],
+                opset_version=opset,
+                dynamo=False,
+                do_constant_folding=True,
+                **({"custom_opsets": {"com.microsoft": 1}} if attention == "ort" else {}),
+            )
+        gh, gw = step.grid
+        metadata = {
+            "rvm.model_id": ident,
+            "rvm.input_size": f"{input_size[0]}x{input_size[1]}",
+            "rvm.model_size": f"{model_size[0]}x{model_size[1]}",
+            "rvm.grid": f"{gh}x{gw}",
+            "rvm.patch_stride": f"{input_size[0] / gh:g},{input_size[1] / gw:g}",
+            "rvm.feature_dim": str(model.config.width),
+            "rvm.features_dtype": str(feat_dtype).removeprefix("torch."),
+            "rvm.compute_dtype": str(compute).removeprefix("torch."),
+            "rvm.state_shape": json.dumps(list(shape)),
+            "rvm.attention": attention,
+            "rvm.config": model.config.to_json(),
+            "rvm.version": _rvm_version(),
+        }
+        _write_metadata(tmp, metadata)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return ExportResult(out, metadata)
+
+
+def _write_metadata(path: Path, metadata: dict[str, str]) -> None:
+    import onnx
+
+    proto = onnx.load(str(path))
+    del proto.metadata_props[:]
+    for key, value in metadata.items():
+        proto.metadata_props.add(key=key, value=value)
+    proto.producer_name = "rvm"
+    onnx.save(proto, str(path))
+
+
+def _ort_attention_forward(
+    self: Any, x: torch.Tensor, kv: torch.Tensor | None = None, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    from .model.blocks import Attention
+
+    if mask is not None:  # the attention-aggregator ablation: keep the plain graph
+        return Attention.forward(self, x, kv, mask)
+    kv = x if kv is None else kv
+    mha = _torch_classes()[1]
+    return self.out(mha.apply(self.query(x), self.key(kv), self.value(kv), self.heads))
+
+
+def _static_posenc(self: Any, grid: tuple[int, int], device: torch.device) -> torch.Tensor:
+    # While tracing, the grid derived from frames.shape is a traced tensor, which the numpy
+    # table code cannot take; the export has static shapes, so make it plain ints.
+    from .model.vit import Tokenizer
+
+    return Tokenizer.posenc(self, (int(grid[0]), int(grid[1])), device)
+
+
+def _fp32_state_gru_forward(
+    self: Any, x: torch.Tensor, state: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """GatedTransformerCore.forward with a float32 state around a lower-precision core: gates
+    and transformer run in x's dtype, the blend s' = (1 - u) s + u h in float32."""
+    import torch
+
+    s = state.to(x.dtype)
+    update = torch.sigmoid(self.input_update(x) + self.state_update(s)).float()
+    reset = torch.sigmoid(self.input_reset(x) + self.state_reset(s))
+    h = self.transformer(x, reset * self.state_layer_norm(s)).float()
+    new = (1 - update) * state.float() + update * h
+    return new, new
+
+
+@contextlib.contextmanager
+def _export_patches(model: RVM, attention: str) -> Iterator[None]:
+    """Instance-level overrides for tracing (the model classes stay unchanged): a static posenc
+    grid; a float32 GRU state (always; a no-op in float32); for ``attention="ort"`` every
+    Attention exported as the MultiHeadAttention contrib op."""
+    from .model.blocks import Attention
+    from .model.core import GatedTransformerCore
+    from .model.vit import Tokenizer
+
+    patched: list[tuple[Any, str]] = []
+    for module in model.modules():
+        if isinstance(module, GatedTransformerCore):
+            module.forward = types.MethodType(_fp32_state_gru_forward, module)
+            patched.append((module, "forward"))
+        if isinstance(module, Tokenizer):
+            module.posenc = types.MethodType(_static_posenc, module)
+            patched.append((module, "posenc"))
+        if attention == "ort" and isinstance(module, Attention):
+            module.forward = types.MethodType(_ort_attention_forward, module)
+            patched.append((module, "forward"))
+    try:
+        yield
+    finally:
+        for module, name in patched:
+            delattr(module, name)
+
+
+# -- command line: rvm export-onnx -----------------------------------------------------------------
+def export_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, help="checkpoint (.safetensors or official .npz)")
+    p.add_argument("--out", required=True, help="output .onnx")
+    p.add_argument("--input-size", required=True, help="camera HxW of the uint8 image input")
+    p.add_argument("--model-size", default=None, help="HxW the graph resizes to (default: config)")
+    p.add_argument("--fp16", action="store_true", help="fp16 weights/compute (GPU), fp16 features")
+    p.add_argument(
+        "--features-fp16", action="store_true", help="fp32 compute, features output cast to fp16"
+    )
+    p.add_argument(
+        "--attention",
+        choices=ATTENTION_MODES,
+        default=DEFAULT_ATTENTION,
+        help="onnx: plain MatMul/Softmax (portable, TensorRT); ort: ONNX Runtime contrib op",
+    )
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (<= {MAX_OPSET})")
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .checkpoint import load_model
+    from .preprocess import parse_size
+
+    model = load_model(args.checkpoint)
+    result = export_onnx(
+        model,
+        args.out,
+        parse_size(args.input_size),
+        parse_size(args.model_size) if args.model_size else None,
+        fp16=args.fp16,
+        features_fp16=args.features_fp16,
+        attention=args.attention,
+        opset=args.opset,
+    )
+    m = result.metadata
+    print(
+        f"wrote {result.path}: {m['rvm.model_id']}, image uint8 [1,{m['rvm.input_size']},3] -> "
+        f"features {m['rvm.features_dtype']} [1,{m['rvm.feature_dim']},{m['rvm.grid']}], "
+        f"state {m['rvm.state_shape']}"
+    )
+    return 0
