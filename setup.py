@@ -38,6 +38,7 @@ DEV_EXTRA = [
     "pytest~=9.2",
     "ruff==0.17.6",  # exact: formatting output changes between ruff releases
     "rosbags~=0.11.9",
+    "transformers==5.23.0",  # exact: peer models (VideoMAE, V-JEPA 2, DINOv2) of `rvm bench peers`
     *TORCH_EXTRA,
 ]
 
@@ -49,7 +50,10 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["rvm_core", "rvm_core.*", "rvm_ros", "rvm_ros.*"]),
     include_package_data=True,
-    package_data={"rvm_core": ["**/*.yaml", "**/*.json"]},
+    package_data={
+        "rvm_core": ["**/*.yaml", "**/*.json", "weights/*.safetensors"],
+        "rvm_ros": ["data/*"],
+    },
     install_requires=INSTALL_REQUIRES,
     extras_require={"torch": TORCH_EXTRA, "dev": DEV_EXTRA},
     entry_points={

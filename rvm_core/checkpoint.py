@@ -19,6 +19,8 @@ from safetensors.torch import save_file
 from .config import RVMConfig, get_config
 from .model import RVM
 
+# The model shipped with the package (trained here on CPU; see docs/MODEL_CARD.md).
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "weights" / "rvm_default.safetensors"
 CONFIG_KEY = "rvm_config"
 FORMAT_KEY = "format"
 FORMAT = "rvm-safetensors-v1"
@@ -64,8 +66,8 @@ def save_model(model: RVM, path: str | os.PathLike) -> None:
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> RVM:
-    """Load an official ``.npz`` (any size) or a project ``.safetensors`` checkpoint, eval mode."""
-    path = Path(path)
+    """Load an official ``.npz`` (any size), a project ``.safetensors`` or ``"default"``, eval mode."""
+    path = resolve_checkpoint(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     if path.suffix == ".npz":
@@ -77,10 +79,15 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> R
     return model.to(device).eval()
 
 
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """``"default"`` -> the shipped default model's path; anything else unchanged."""
+    return DEFAULT_CHECKPOINT if str(path) == "default" else Path(path)
+
+
 # -- project format ------------------------------------------------------------------------------
 def read_config(path: str | os.PathLike) -> RVMConfig:
     """The config stored in a project checkpoint (or inferred from an official one)."""
-    path = Path(path)
+    path = resolve_checkpoint(path)
     if path.suffix == ".npz":
         with np.load(path, allow_pickle=False) as npz:
             return official_config({k: npz[k].shape for k in npz.files})

@@ -33,7 +33,9 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 # -- info ------------------------------------------------------------------------------------
 def _info_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoint", help="checkpoint (.safetensors or official .npz) or config name")
+    p.add_argument(
+        "checkpoint", nargs="?", default="default", help="checkpoint, config name, or default"
+    )
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -60,7 +62,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 # -- features --------------------------------------------------------------------------------
 def _features_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("video", help="video file, folder of images, or .npy uint8 [T,H,W,3]")
-    p.add_argument("--checkpoint", required=True, help="model checkpoint")
+    p.add_argument("--checkpoint", default="default", help="checkpoint (default: shipped model)")
     p.add_argument("--out", required=True, help="output .npy, float32 [T,1+N,D]")
     p.add_argument("--size", default=None, help="model input HxW (default: the model's)")
     p.add_argument("--device", default="cpu")

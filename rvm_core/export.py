@@ -320,7 +320,7 @@ def _export_patches(model: RVM, attention: str) -> Iterator[None]:
 
 # -- command line: rvm export-onnx -----------------------------------------------------------------
 def export_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True, help="checkpoint (.safetensors or official .npz)")
+    p.add_argument("--checkpoint", default="default", help=".safetensors/.npz (default: shipped)")
     p.add_argument("--out", required=True, help="output .onnx")
     p.add_argument("--input-size", required=True, help="camera HxW of the uint8 image input")
     p.add_argument("--model-size", default=None, help="HxW the graph resizes to (default: config)")
