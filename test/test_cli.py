@@ -1,0 +1,93 @@
+"""The `rvm convert / info / features` commands, run in-process on real files."""
+
+from __future__ import annotations
+
+import av
+import cv2
+import numpy as np
+import pytest
+import torch
+from official_layout import OfficialSizes, make_official_checkpoint
+
+from rvm_core import load_model
+from rvm_core.cli import main
+
+
+@pytest.fixture(scope="module")
+def official_npz(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ckpt") / "official.npz"
+    np.savez(path, **make_official_checkpoint(OfficialSizes(), seed=5))
+    return path
+
+
+def test_convert_then_info(official_npz, tmp_path, capsys):
+    dst = tmp_path / "m.safetensors"
+    assert main(["convert", str(official_npz), str(dst)]) == 0
+    a, b = load_model(official_npz), load_model(dst)
+    frame = torch.rand(1, 3, 32, 48)
+    with torch.no_grad():
+        torch.testing.assert_close(a.step(frame)[0], b.step(frame)[0], rtol=0, atol=0)
+    assert main(["info", str(dst)]) == 0
+    out = capsys.readouterr().out
+    assert "encoder+core params" in out and "width: 32" in out
+
+
+def test_info_of_named_config(capsys):
+    assert main(["info", "S"]) == 0
+    assert "encoder+core params: 33,222,272" in capsys.readouterr().out
+
+
+def test_convert_malformed_fails_with_one_line(official_npz, tmp_path, capsys):
+    arrays = dict(np.load(official_npz))
+    del arrays["encoder/LayerNorm_0/scale"]
+    np.savez(tmp_path / "bad.npz", **arrays)
+    assert main(["convert", str(tmp_path / "bad.npz"), str(tmp_path / "out.safetensors")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "missing keys: encoder/LayerNorm_0/scale" in err
+    assert not (tmp_path / "out.safetensors").exists()
+
+
+def _write_inputs(tmp_path, frames: np.ndarray) -> dict[str, str]:
+    np.save(tmp_path / "clip.npy", frames)
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i, f in enumerate(frames):
+        cv2.imwrite(str(folder / f"{i:04d}.png"), cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
+    with av.open(str(tmp_path / "clip.mp4"), "w") as out:
+        stream = out.add_stream("mpeg4", rate=10)
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        for f in frames:
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
+        out.mux(stream.encode())
+    return {"npy": "clip.npy", "folder": "frames", "mp4": "clip.mp4"}
+
+
+def test_features_from_npy_folder_and_video(official_npz, tmp_path):
+    rng = np.random.default_rng(0)
+    frames = (rng.random((4, 48, 64, 3)) * 255).astype(np.uint8)
+    inputs = _write_inputs(tmp_path, frames)
+    results = {}
+    for kind, name in inputs.items():
+        out = tmp_path / f"{kind}.npy"
+        code = main(
+            ["features", str(tmp_path / name), "--checkpoint", str(official_npz), "--out", str(out)]
+        )
+        assert code == 0
+        results[kind] = np.load(out)
+        assert results[kind].shape == (4, 1 + 16 * 16, 32)  # default size = the model's 256x256
+        assert results[kind].dtype == np.float32
+    # Lossless inputs give identical features; the mpeg4 file only approximately.
+    np.testing.assert_array_equal(results["npy"], results["folder"])
+    assert np.abs(results["mp4"] - results["npy"]).mean() < 0.1 * np.abs(results["npy"]).mean()
+    small = tmp_path / "small.npy"
+    assert main(["features", str(tmp_path / "clip.npy"), "--checkpoint", str(official_npz),
+                 "--out", str(small), "--size", "32x48"]) == 0  # fmt: skip
+    assert np.load(small).shape == (4, 1 + 2 * 3, 32)
+
+
+def test_features_rejects_bad_size(official_npz, tmp_path, capsys):
+    np.save(tmp_path / "clip.npy", np.zeros((2, 32, 32, 3), np.uint8))
+    args = ["features", str(tmp_path / "clip.npy"), "--checkpoint", str(official_npz)]
+    assert main([*args, "--out", str(tmp_path / "f.npy"), "--size", "30x40"]) == 1
+    assert "not a multiple of the patch size 16" in capsys.readouterr().err
