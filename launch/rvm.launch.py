@@ -4,11 +4,11 @@ Arguments and defaults come from ``rvm_ros.launch_args``, shared with
 ``python -m rvm_ros.launch_local`` which starts the same node where ``ros2 launch`` is missing.
 """
 
+from launch import LaunchContext, LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
-from launch import LaunchContext, LaunchDescription
 from rvm_ros.launch_args import LAUNCH_ARGUMENTS, default_params_file, node_config
 
 

@@ -66,7 +66,7 @@ def save_model(model: RVM, path: str | os.PathLike) -> None:
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> RVM:
-    """Load an official ``.npz`` (any size), a project ``.safetensors`` or ``"default"``, eval mode."""
+    """Load an official ``.npz``, a project ``.safetensors`` or ``"default"`` (eval mode)."""
     path = resolve_checkpoint(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")

@@ -73,6 +73,7 @@ class _Pending:
     compressed: bool
     t_received: float
     seq: int  # arrival number of this frame on this camera
+    newest: int = 0  # arrival number of the newest frame when the worker took this one
 
 
 def stamp_sec(header: Any) -> float:
@@ -150,9 +151,11 @@ class CameraPipeline:
         return self._slot is not None
 
     def take(self) -> _Pending | None:
-        """Pop the newest frame (worker side)."""
+        """Pop the newest frame (worker side); ``item.newest`` = arrivals at that moment."""
         with self._lock:
             item, self._slot = self._slot, None
+            if item is not None:
+                item.newest = self._arrivals
         return item
 
     # -- services ----------------------------------------------------------------------------

@@ -39,7 +39,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import rclpy
@@ -58,6 +58,54 @@ from rvm_ros.msg import FeatureMap, NodeStats, PointTracks
 from rvm_ros.srv import AddQueries, RemoveTracks, Reset
 
 
+def limit_blas_threads(n: int = 1) -> bool:
+    """Set OpenBLAS's thread count in this process (numpy may be imported before this module).
+
+    ``OPENBLAS_NUM_THREADS`` only works before numpy loads; this calls the loaded library's
+    ``*openblas_set_num_threads*`` instead -> True if one was found. Why: the tracker's
+    similarity matmul (64 x 96 x 256) gets two BLAS threads by default, and on 2 shared cores
+    the second one waits for a core: 23 ms vs 6 ms per tracker update, measured under load.
+    """
+    import ctypes
+
+    try:
+        with open("/proc/self/maps") as f:
+            libs = {ln.split()[-1] for ln in f if "openblas" in ln.lower() and ".so" in ln}
+    except OSError:
+        return False
+    done = False
+    for path in sorted(libs):
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for fn in (
+            "scipy_openblas_set_num_threads64_",
+            "scipy_openblas_set_num_threads",
+            "openblas_set_num_threads64_",
+            "openblas_set_num_threads",
+        ):
+            if hasattr(lib, fn):
+                getattr(lib, fn)(ctypes.c_int(n))
+                done = True
+                break
+    return done
+
+
+class Processed(NamedTuple):
+    """One processed frame in ``RVMNode.trace`` (wall times from ``time.time()``, s)."""
+
+    camera: str
+    stamp: float  # header stamp
+    seq: int  # this frame's arrival number on its camera
+    newest: int  # arrival number of the camera's newest frame when the worker took this one
+    t_received: float  # the subscription callback stored it
+    t_taken: float  # the worker took it
+    t_published: float  # its FeatureMap was published
+    step_s: float  # model step
+    proc_s: float  # the node's processing: decode + resize + model step + FeatureMap publish
+
+
 class ModelLoadError(RuntimeError):
     """The model file is missing or cannot be opened by the runtime."""
 
@@ -70,9 +118,8 @@ class ModelInfo:
     input_hw: tuple[int, int] | None  # the graph's fixed camera size (H, W)
 
 
-def load_runtime(path: str, device: str) -> tuple[Any, ModelInfo]:
+def load_runtime(path: str, device: str, threads: int = 0) -> tuple[Any, ModelInfo]:
     """Open the ONNX model -> (runtime, info); raises ModelLoadError with a one-line reason."""
-    import os
 
     if not path:
         raise ModelLoadError("cannot load model '': model_path is empty")
@@ -81,7 +128,7 @@ def load_runtime(path: str, device: str) -> tuple[Any, ModelInfo]:
     try:
         from rvm_ros.runtime import RVMRuntime
 
-        runtime = RVMRuntime(path, device=device)
+        runtime = RVMRuntime(path, device=device, threads=threads or None)
     except Exception as exc:  # onnxruntime raises several types; one line is all we show
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ModelLoadError(f"cannot load model '{path}': {reason[:300]}") from exc
@@ -124,6 +171,7 @@ def _descriptor(
 PARAMETERS: dict[str, tuple[Any, str, tuple[float, float] | None]] = {
     "model_path": ("", "ONNX model file (empty: $RVM_MODEL, else the shipped default)", None),
     "device": ("auto", "ONNX Runtime device: auto | cpu | cuda | tensorrt", None),
+    "threads": (0, "ONNX Runtime intra-op threads (0: one per core)", (0, 1024)),
     "image_topics": (
         ["image"],
         "camera topics (sensor_msgs/Image; '.../compressed': jpeg/png)",
@@ -179,6 +227,12 @@ class RVMNode(Node):
         self._stop = threading.Event()
         self._worker: threading.Thread | None = None
         super().__init__(node_name, **kwargs)
+        limit_blas_threads(1)
+        # The executor thread needs the GIL for a moment per frame while the worker runs the
+        # tracker (many small numpy calls): a 1 ms switch interval instead of 5 ms halves the
+        # frames' delivery delay (measured p50 2.2 -> 1.1 ms under overload). Process-wide.
+        if sys.getswitchinterval() > 0.001:
+            sys.setswitchinterval(0.001)
         for name, (default, text, rng) in PARAMETERS.items():
             integer = isinstance(default, int) and not isinstance(default, bool)
             lo, hi = rng if rng else (None, None)
@@ -190,7 +244,7 @@ class RVMNode(Node):
         self.params = p
         if runtime is None:
             path = p["model_path"] or default_model_path()
-            runtime, self.model = load_runtime(path, p["device"])
+            runtime, self.model = load_runtime(path, p["device"], p["threads"])
         else:
             self.model = model_info(runtime)
         self.runtime = runtime
@@ -216,9 +270,8 @@ class RVMNode(Node):
         )
         qos_out = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE)
         self._warned: dict[tuple[str, str], float] = {}
-        # Bounded record of processed frames (stamp, taken time, arrival no., arrivals at take),
-        # for tests and benchmarks.
-        self.trace: deque[tuple[float, float, int, int]] = deque(maxlen=20000)
+        # Bounded record of processed frames, for tests and benchmarks.
+        self.trace: deque[Processed] = deque(maxlen=20000)
         self.cameras: list[_Camera] = []
         for topic in p["image_topics"]:
             self._add_camera(topic, qos_in, qos_out)
@@ -303,21 +356,19 @@ class RVMNode(Node):
             self._wake.wait(timeout=0.1)
             self._wake.clear()
             for cam in self.cameras:
-                arrivals = cam.pipeline.arrivals
-                item = cam.pipeline.take()
+                item = cam.pipeline.take()  # the newest frame, taken right before processing
                 if item is None:
                     continue
                 try:
-                    result = cam.pipeline.process(item, track=False)
+                    t0 = time.perf_counter()
+                    result = cam.pipeline.process(item, track=False)  # decode + model step
                     if result is not None:
-                        stamp = stamp_sec(result.header)
-                        self.trace.append((stamp, result.t_taken, item.seq, arrivals))
-                        self._publish(cam, result)
+                        self._publish(cam, item, result, t0)
                 except Exception as exc:  # a bad frame or runtime error must not stop the node
                     cam.pipeline.stats.reject("error")
                     self._warn("error", f"{cam.name}: processing failed: {exc!r}")
 
-    def _publish(self, cam: _Camera, r: Result) -> None:
+    def _publish(self, cam: _Camera, item: Any, r: Result, t0: float) -> None:
         """Features first (latency is measured to them), then track and publish the tracks."""
         if r.reset_reason is not None:
             cam.colorizer.reset()
@@ -332,8 +383,24 @@ class RVMNode(Node):
                 self.params["feature_dtype"],
             )
         )
+        proc_s = time.perf_counter() - t0
+        t_pub = time.time()
+        stamp = stamp_sec(r.header)
         now = self.get_clock().now().nanoseconds * 1e-9
-        cam.pipeline.stats.processed(now - stamp_sec(r.header), r.step_s)
+        cam.pipeline.stats.processed(now - stamp, r.step_s)
+        self.trace.append(
+            Processed(
+                cam.name,
+                stamp,
+                item.seq,
+                item.newest,
+                item.t_received,
+                r.t_taken,
+                t_pub,
+                r.step_s,
+                proc_s,
+            )
+        )
         cam.pipeline.track(r)
         cam.pub_tracks.publish(
             point_tracks(

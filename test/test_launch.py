@@ -73,9 +73,8 @@ def test_launch_file_static():
 
 @pytest.mark.skipif(not HAS_LAUNCH_ROS, reason="launch_ros is not installable on this machine")
 def test_launch_description():  # pragma: no cover - runs where ROS 2 is installed
-    from launch.actions import DeclareLaunchArgument, OpaqueFunction
-
     from launch import LaunchContext
+    from launch.actions import DeclareLaunchArgument, OpaqueFunction
 
     spec = importlib.util.spec_from_file_location("rvm_launch", LAUNCH)
     module = importlib.util.module_from_spec(spec)

@@ -53,7 +53,8 @@ def _image(rgb: np.ndarray, stamp_ns: int, frame_id: str = "cam") -> Image:
 def _node(rclpy_context, executor, model: Path, topics: list[str], **params) -> RVMNode:
     overrides = [
         Parameter("image_topics", value=topics),
-        Parameter("qos.reliability", value="reliable"),  # tests wait for every frame
+        # Tests wait for every frame (the overload test uses the default best_effort).
+        Parameter("qos.reliability", value=params.pop("qos__reliability", "reliable")),
         Parameter("stats_period_sec", value=params.pop("stats_period_sec", 0.0)),
     ]
     overrides += [Parameter(k.replace("__", "."), value=v) for k, v in params.items()]
@@ -337,33 +338,24 @@ def test_slot_keeps_only_newest(model64):
     assert (s.frames_in, s.frames_dropped) == (5, 4)
 
 
-def test_overload_newest_frames_bounded_memory_latency(rvm_node, make_node, spin_until, executor):
-    """Frames at 3x the node's capacity for 30 s: newest-only, bounded RSS, p95 <= 2 steps."""
+def test_overload_newest_frames_bounded_memory_latency(rvm_node, make_node, executor):
+    """Frames at 3x the node's capacity for 30 s: newest-only, bounded RSS, p95 <= 2 steps.
+
+    The publisher is another process (own GIL). "One step" is the node's own processing time
+    per frame (decode + model step + FeatureMap publication, median), measured in the same run;
+    latency is from the frame's stamp (= its publication time) to its FeatureMap's publication.
+    Age of a processed frame: arrivals on the camera when the worker took it minus the frame's
+    arrival number (the node's view) and, stricter, frames *published* before it was taken minus
+    the frame's own publish index (also counts frames still in DDS or the executor).
+    """
     model = tiny_onnx((240, 320), width=96, layers=3, model_hw=(128, 128))
-    node = rvm_node(model, ["/load/image"])
-    client = make_node("rvm_test_client")
-    del client
+    node = rvm_node(model, ["/load/image"], qos__reliability="best_effort")
     cam = node.cameras[0]
-    rng = np.random.default_rng(3)
-
-    # One bare runtime step, measured in this process now (the machine may be loaded).
-    bare = RVMRuntime(model, device="cpu")
-    img = rng.integers(0, 256, (240, 320, 3), dtype=np.uint8)
-    for _ in range(3):
-        bare.step(img)
-    steps = []
-    for _ in range(20):
-        t = time.perf_counter()
-        bare.step(img)
-        steps.append(time.perf_counter() - t)
-    step_s = float(np.median(steps))
-    del bare
-
     spinner = threading.Thread(target=executor.spin, daemon=True)
     spinner.start()
 
-    def play(seconds: float, rate: float) -> list[float]:
-        """Publish at ``rate`` Hz from another process (own GIL) -> publish times (s)."""
+    def play(seconds: float, rate: float) -> np.ndarray:
+        """Publish at ``rate`` Hz from another process -> publish times (s, = stamps)."""
         out = Path(tempfile.mkdtemp()) / "times.npy"
         proc = subprocess.run(
             [sys.executable, str(Path(__file__).parent / "rvm_test_player.py"), "/load/image"]
@@ -373,13 +365,15 @@ def test_overload_newest_frames_bounded_memory_latency(rvm_node, make_node, spin
             timeout=seconds + 60,
         )
         assert proc.returncode == 0, proc.stderr
-        return np.load(out).tolist()
+        return np.load(out)
 
-    # Capacity: processed frames per second when frames always wait (published at ~2 steps' rate).
-    before = cam.pipeline.stats.snapshot().frames_processed
-    play(3.0, 2.0 / step_s)
-    capacity = (cam.pipeline.stats.snapshot().frames_processed - before) / 3.0
-    assert capacity > 0
+    # Capacity: frames/s the worker completes while frames always wait (published at ~300 Hz),
+    # over the span of the processed frames (not the player's start-up).
+    n0 = len(node.trace)
+    play(3.0, 300.0)
+    warm = list(node.trace)[n0:]
+    assert len(warm) > 10
+    capacity = (len(warm) - 1) / (warm[-1].t_taken - warm[0].t_taken)
 
     rss: list[float] = []
     stop = threading.Event()
@@ -392,38 +386,48 @@ def test_overload_newest_frames_bounded_memory_latency(rvm_node, make_node, spin
 
     sampler = threading.Thread(target=sample_rss, daemon=True)
     sampler.start()
-    n_trace = len(node.trace)
-    with cam.pipeline.stats._lock:
-        cam.pipeline.stats._samples.clear()
-    pub_times = play(30.0, 3.0 * capacity)
+    n0 = len(node.trace)
+    pub = play(30.0, 3.0 * capacity)
     time.sleep(1.0)
     stop.set()
     sampler.join()
 
     snap = cam.pipeline.stats.snapshot()
-    with cam.pipeline.stats._lock:
-        lat = np.array([s[1] for s in cam.pipeline.stats._samples])
-    trace = list(node.trace)[n_trace:]
-    pub_stamps = np.array(pub_times)
-    ages = []
-    for stamp, t_taken, _, _ in trace:
-        i = int(np.argmin(np.abs(pub_stamps - stamp)))  # this frame's publish index
-        newest = int(np.searchsorted(pub_stamps, t_taken, side="right")) - 1
-        ages.append(newest - i)
-    ages = np.array(ages)
+    trace = list(node.trace)[n0:]
+    stamp, t_taken, t_pub, proc_s, step_s = (
+        np.array([getattr(t, k) for t in trace])
+        for k in ("stamp", "t_taken", "t_published", "proc_s", "step_s")
+    )
+    age_rx = np.array([t.newest - t.seq for t in trace])
+    own = np.abs(pub[None, :] - stamp[:, None]).argmin(1)  # each frame's publish index
+    age_pub = np.searchsorted(pub, t_taken, side="right") - 1 - own
+    lat = t_pub - stamp
+    step = float(np.median(proc_s))
     p95 = float(np.percentile(lat, 95))
     print(
-        f"overload: step {step_s * 1e3:.1f} ms, capacity {capacity:.1f} fps, published "
-        f"{len(pub_times)} at {3 * capacity:.1f} fps, processed {len(trace)}, dropped "
-        f"{snap.frames_dropped}, age max {ages.max()} p99 {np.percentile(ages, 99):.0f}, latency "
-        f"p50 {np.percentile(lat, 50) * 1e3:.1f} p95 {p95 * 1e3:.1f} ms, RSS {rss[0]:.0f}.."
-        f"{max(rss):.0f} MB"
+        f"overload: step {step * 1e3:.1f} ms (model {np.median(step_s) * 1e3:.1f}), capacity "
+        f"{capacity:.1f} fps, published {len(pub)} at {len(pub) / 30:.1f} fps, processed "
+        f"{len(trace)} ({len(trace) / 30:.1f} fps), dropped {snap.frames_dropped}, age max "
+        f"{age_rx.max()} (published: max {age_pub.max()} p99 {np.percentile(age_pub, 99):.0f}), "
+        f"latency p50 {np.percentile(lat, 50) * 1e3:.1f} p95 {p95 * 1e3:.1f} ms, RSS "
+        f"{rss[0]:.0f}..{max(rss):.0f} MB"
     )
+    assert len(pub) > 2.5 * len(trace), "not overloaded"
     assert len(trace) > 0.5 * capacity * 30
-    assert ages.max() <= 2, f"a processed frame was {ages.max()} frames old"
-    assert p95 <= 2 * step_s + 0.005, f"latency p95 {p95 * 1e3:.1f} ms > 2 steps"
+    assert age_rx.max() <= 2, f"a processed frame was {age_rx.max()} frames old"
+    assert np.percentile(age_pub, 99) <= 2, "frames queue before the node (DDS or executor)"
+    assert p95 <= 2 * step + 0.005, f"latency p95 {p95 * 1e3:.1f} ms > 2 steps ({step * 1e3:.1f})"
     # Memory: no growth after warm-up (a queue of 240x320 frames would grow ~20 MB/s).
     assert max(rss[10:]) - rss[10] < 30, f"RSS grew {rss[10]:.0f} -> {max(rss[10:]):.0f} MB"
+
+
+def test_bench_node_quick():
+    """``rvm bench node --quick`` runs end to end and prints its table."""
+    cmd = [sys.executable, "-m", "rvm_core.cli", "bench", "node", "--quick", "--size", "240x320"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=170, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for row in ("bare runtime step", "rclpy relay", "node end to end", "overhead:", "sustained:"):
+        assert row in proc.stdout, proc.stdout
 
 
 def _run_node(*ros_args: str) -> subprocess.CompletedProcess:

@@ -16,6 +16,12 @@ SUITES: dict[str, tuple[str, str]] = {
     "runtime": ("PyTorch eager vs ONNX Runtime step time, GFLOP/s vs GEMM peak", "runtime"),
     "gemm": ("fp32 GEMM peak GFLOP/s of this machine (torch, numpy)", "gemm"),
     "tracker": ("tracker + label propagation fps, alone and with the model", "tracker"),
+    "node": ("rvm_node end to end vs bare runtime step and rclpy relay; fps", "node"),
+    "streaming": ("per-frame step time and memory over a 1000-frame stream", "streaming"),
+    "peers": ("ms per new frame vs VideoMAE / V-JEPA 2 (windowed) and DINOv2", "peers"),
+    "aggregator": ("recurrent core vs self-attention over the last K frames", "aggregator"),
+    "mfu": ("achieved GFLOP/s of the step vs the GEMM peak of the same run", "mfu"),
+    "all": ("every suite above -> docs/performance.md + PNG plots", "all"),
 }
 
 

@@ -165,9 +165,7 @@ class _FeatureFrame:
         k, m = pos.shape[:2]
         best = self.cosine_at(sim, pos)
         rows = np.arange(k)[:, None]
-        for step in (0.5, 0.25, 0.125, 1 / 16, 1 / 32):  # +-2 steps: +-1 cell, then zoom in
-            d = np.arange(-2, 3) * step
-            offsets = np.stack(np.meshgrid(d, d, indexing="xy"), -1).reshape(-1, 2)
+        for offsets in _REFINE_OFFSETS:  # +-2 steps: +-1 cell, then zoom in
             cand = (pos[:, :, None] + offsets).reshape(k, -1, 2)  # [K, M*81, 2]
             cos = self.cosine_at(sim, cand).reshape(k, m, -1)
             idx = np.argmax(cos, axis=2)  # [K,M]
@@ -180,6 +178,13 @@ class _FeatureFrame:
         pos[..., 0] = np.clip(pos[..., 0], 0, w - 1)
         pos[..., 1] = np.clip(pos[..., 1], 0, h - 1)
         return (pos[:, 0], best[:, 0]) if squeeze else (pos, best)
+
+
+# The 5x5 candidate offsets (cells) of each refine step, steps 1/2 .. 1/32 (built once).
+_REFINE_OFFSETS = [
+    np.stack(np.meshgrid(d, d, indexing="xy"), -1).reshape(-1, 2)
+    for d in (np.arange(-2, 3) * step for step in (0.5, 0.25, 0.125, 1 / 16, 1 / 32))
+]
 
 
 def _peaks(sim: np.ndarray, center: np.ndarray | None, radius: int | None, n: int) -> np.ndarray:

@@ -1,0 +1,86 @@
+"""The issue-#8 benchmark suites run end to end on tiny settings (benchmarks are not tests:
+no timing is asserted, only that each suite runs and writes its table and plots)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("onnxruntime")
+
+
+def _args(suite: str, *argv: str) -> argparse.Namespace:
+    """Parse ``rvm bench <suite> argv`` with the real CLI parser."""
+    from rvm_core.bench import bench_args
+
+    p = argparse.ArgumentParser()
+    bench_args(p)
+    return p.parse_args([suite, *argv])
+
+
+def test_suites_registered() -> None:
+    from rvm_core.bench import SUITES
+
+    for name in ("streaming", "peers", "aggregator", "mfu", "all"):
+        assert name in SUITES
+
+
+def test_streaming_quick(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from rvm_core.bench import streaming
+
+    args = _args("streaming", "--quick", "--out", str(tmp_path))
+    assert args.bench_run(args) == 0
+    out = capsys.readouterr().out
+    assert "PyTorch eager" in out and "ONNX Runtime" in out
+    assert (tmp_path / "streaming_default.png").stat().st_size > 0
+    # The summary picks the documented windows for a 1000-frame stream.
+    assert streaming.windows(1000) == ((10, 100), (900, 1000))
+
+
+def test_peers_quick(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("transformers")
+    args = _args("peers", "--quick", "--sizes", "default", "--out", str(tmp_path))
+    assert args.bench_run(args) == 0
+    out = capsys.readouterr().out
+    for model in ("RVM native", "DINOv2", "VideoMAE", "V-JEPA 2"):
+        assert model in out
+    assert (tmp_path / "peers.png").is_file()
+
+
+def test_peer_flops_match_token_counts() -> None:
+    from rvm_core.bench.peers import vit_flops
+
+    # A 16-frame window with tubelet 2 has 8x the tokens of one frame: >= 8x the FLOPs.
+    frame = vit_flops(256, 3 * 16 * 16, 384, 12, 1536, cls=True)
+    window = vit_flops(8 * 256, 3 * 2 * 16 * 16, 384, 12, 1536, cls=False)
+    assert window / frame > 8
+
+
+def test_aggregator_quick(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = _args("aggregator", "--quick", "--windows", "1,4", "--out", str(tmp_path))
+    assert args.bench_run(args) == 0
+    out = capsys.readouterr().out
+    assert "GRU core" in out and "attention K=4" in out
+    assert (tmp_path / "aggregator.png").is_file()
+
+
+def test_mfu_quick(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = _args("mfu", "--quick", "--out", str(tmp_path))
+    assert args.bench_run(args) == 0
+    assert "GEMM peak" in capsys.readouterr().out
+    assert (tmp_path / "mfu.png").is_file()
+
+
+def test_all_quick_writes_report(tmp_path: Path) -> None:
+    # Peers and node have their own tests (the node suite needs ROS); keep this one short.
+    args = _args("all", "--quick", "--out", str(tmp_path), "--skip", "peers,node")
+    assert args.bench_run(args) == 0
+    report = (tmp_path / "performance.md").read_text()
+    assert report.startswith("# Performance")
+    for heading in ("## Summary", "## Streaming cost", "## Model FLOPs", "## Recurrent core"):
+        assert heading in report
+    for png in ("streaming_default.png", "mfu.png", "aggregator.png"):
+        assert f"({png})" in report and (tmp_path / png).is_file()
