@@ -70,7 +70,7 @@ def _summary(stream: list[dict], peer_rows: list[dict], mfu_res: dict | None) ->
             )
             rows.append(
                 [
-                    f"RSS growth over {r['frames']} frames, RVM {r['model']} {label}",
+                    f"RSS growth, frames {e0 + 1}-{l1}, RVM {r['model']} {label}",
                     f"{s['growth_mb']:+.2f} MiB",
                     "<= 5 MB",
                     "met" if s["memory_ok"] else "missed",
@@ -93,7 +93,11 @@ def _summary(stream: list[dict], peer_rows: list[dict], mfu_res: dict | None) ->
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", default="docs", help="directory for performance.md and the PNGs")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="for performance.md and the PNGs (default docs; --quick: .build/bench-quick)",
+    )
     p.add_argument("--threads", type=int, default=2, help="torch threads = ORT intra-op threads")
     p.add_argument(
         "--skip", default="", help="suites to leave out: streaming,mfu,aggregator,peers,node"
@@ -102,7 +106,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    out = Path(args.out)
+    # A quick run never overwrites the committed report unless asked to.
+    out = Path(args.out or (".build/bench-quick" if args.quick else "docs"))
     out.mkdir(parents=True, exist_ok=True)
     skip = {s for s in args.skip.split(",") if s}
     quick, threads = args.quick, args.threads
