@@ -104,7 +104,11 @@ COMMANDS: dict[str, tuple[str, Setup, Run]] = {
     "info": ("print a checkpoint's config and parameter counts", _info_args, cmd_info),
     "features": ("stream a video and save per-frame features", _features_args, cmd_features),
     "pretrain": ("pretrain an RVM (YAML config; DDP/FSDP/XLA)", pretrain_args, cmd_pretrain),
-    "bench": ("benchmarks: `rvm bench <suite>` (all, runtime, node, peers...)", bench_args, cmd_bench),
+    "bench": (
+        "benchmarks: `rvm bench <suite>` (all, runtime, node, peers...)",
+        bench_args,
+        cmd_bench,
+    ),
     "export-onnx": ("export one streaming step to ONNX (+ metadata)", export_args, cmd_export),
     "demo": ("run rvm_node on the bundled clip: record, draw, summarise", demo_args, cmd_demo),
     "bag-eval": (
