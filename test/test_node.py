@@ -367,13 +367,17 @@ def test_overload_newest_frames_bounded_memory_latency(rvm_node, make_node, exec
         assert proc.returncode == 0, proc.stderr
         return np.load(out)
 
-    # Capacity: frames/s the worker completes while frames always wait (published at ~300 Hz),
-    # over the span of the processed frames (not the player's start-up).
-    n0 = len(node.trace)
-    play(3.0, 300.0)
-    warm = list(node.trace)[n0:]
-    assert len(warm) > 10
-    capacity = (len(warm) - 1) / (warm[-1].t_taken - warm[0].t_taken)
+    def capacity_at(rate: float) -> float:
+        """Frames/s the worker completes while frames always wait, over the processed span."""
+        n0 = len(node.trace)
+        play(3.0, rate)
+        warm = list(node.trace)[n0:]
+        assert len(warm) > 10
+        return (len(warm) - 1) / (warm[-1].t_taken - warm[0].t_taken)
+
+    # A 300 Hz publisher takes CPU from the node on 2 cores, so capacity measured under it is
+    # low; measure again under the lighter 3x load the test then applies.
+    capacity = capacity_at(3.0 * capacity_at(300.0))
 
     rss: list[float] = []
     stop = threading.Event()
@@ -458,7 +462,8 @@ def test_bad_model_exits_with_one_line(tmp_path, kind):
 def test_deployment_imports_no_torch():
     code = (
         "import sys; import rvm_ros.node, rvm_ros.runtime, rvm_ros.camera, rvm_ros.messages, "
-        "rvm_ros.image_codec, rvm_ros.visualize, rvm_core.readout.tracker; "
+        "rvm_ros.image_codec, rvm_ros.visualize, rvm_core.readout.tracker, rvm_ros.bag_eval, "
+        "rvm_ros.demo, rvm_core.data.video; "
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision')); "
         "print(bad); sys.exit(1 if bad else 0)"
     )
