@@ -118,7 +118,7 @@ def read_images(bag: str | Path, topic: str | None) -> Iterator[tuple[str, int, 
 
 def load_gt(path: str | Path) -> dict[str, np.ndarray]:
     """Ground-truth sidecar .npz -> query_points [N,3] (t,y,x), tracks [N,T,2], occluded [N,T]."""
-    with np.load(path) as z:
+    with np.load(path, allow_pickle=False) as z:
         tracks = np.asarray(z["tracks"], np.float64)
         occluded = np.asarray(z["occluded"]).astype(bool)
         if "query_points" in z:

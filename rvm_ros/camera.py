@@ -83,12 +83,11 @@ def stamp_sec(header: Any) -> float:
 
 def grid_points(image_hw: tuple[int, int], grid: tuple[int, int]) -> np.ndarray:
     """Centres of a rows x cols grid of equal cells over the image -> [rows*cols, 2] (x, y) px."""
+    from rvm_core.readout.tracker import grid_to_pixel
+
     rows, cols = grid
-    h, w = image_hw
-    ys = (np.arange(rows) + 0.5) * h / rows - 0.5
-    xs = (np.arange(cols) + 0.5) * w / cols - 0.5
-    gx, gy = np.meshgrid(xs, ys)
-    return np.stack([gx.ravel(), gy.ravel()], 1)
+    gy, gx = np.mgrid[0:rows, 0:cols]
+    return grid_to_pixel(np.stack([gx.ravel(), gy.ravel()], 1), image_hw, grid)
 
 
 @dataclass
@@ -141,11 +140,6 @@ class CameraPipeline:
             if self._slot is not None:
                 self.stats.dropped()
             self._slot = _Pending(msg, compressed, time.time(), self._arrivals)
-
-    @property
-    def arrivals(self) -> int:
-        """Frames received so far (the arrival number of the newest frame)."""
-        return self._arrivals
 
     def has_frame(self) -> bool:
         return self._slot is not None

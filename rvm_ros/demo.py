@@ -47,15 +47,17 @@ def ensure_model(model: str | None, input_hw: tuple[int, int], cache: Path) -> P
     shipped = Path(default_model_path())
     if shipped.is_file():
         return shipped
-    out = cache / f"rvm_tiny_random_{input_hw[0]}x{input_hw[1]}.onnx"
-    if not out.is_file():
-        print(f"demo: no default model at {shipped}; exporting a random 'tiny' model to {out}")
-        from rvm_core.checkpoint import build_model
-        from rvm_core.export import export_onnx
+    print(f"demo: no default model at {shipped}; using a random 'tiny' model (cached in {cache})")
+    from rvm_core.export_cache import cached_export
 
-        cache.mkdir(parents=True, exist_ok=True)
-        export_onnx(build_model("tiny", seed=0), out, input_size=input_hw, features_fp16=True)
-    return out
+    return cached_export(
+        cache,
+        f"rvm_tiny_random_{input_hw[0]}x{input_hw[1]}",
+        "tiny",
+        seed=0,
+        input_size=tuple(input_hw),
+        features_fp16=True,
+    )
 
 
 class Recorder:
@@ -174,7 +176,7 @@ def run_demo(
         played_s = time.monotonic() - t0
         time.sleep(1.0)  # let the last frame come through
         snap = node.cameras[0].pipeline.stats.snapshot(now=None)
-        lat = [ms for ms in _latencies(node)]
+        lat_p50, lat_p95 = node.cameras[0].pipeline.stats.latency_percentiles((50, 95))
         recorder.close()
     finally:
         executor.shutdown(timeout_sec=2.0)
@@ -206,21 +208,14 @@ def run_demo(
         "dropped": snap.frames_dropped,
         "fps": (len(feats) - 1) / max(played_s, 1e-6) if feats else 0.0,
         "input_fps": fps,
-        "latency_p50_ms": float(np.percentile(lat, 50)) if lat else float("nan"),
-        "latency_p95_ms": float(np.percentile(lat, 95)) if lat else float("nan"),
+        "latency_p50_ms": lat_p50,
+        "latency_p95_ms": lat_p95,
         "tracks_alive": int(np.sum(np.asarray(last.visible))) if last else 0,
         "tracks_total": len(last.ids) if last else 0,
         "recorded": dict(recorder.counts),
         "bag": str(final),
         "strip": str(strip),
     }
-
-
-def _latencies(node: Any) -> list[float]:
-    """Stamp-to-publication latencies (ms) of every frame the node processed in this run."""
-    stats = node.cameras[0].pipeline.stats
-    with stats._lock:
-        return [s[1] * 1e3 for s in stats._samples]
 
 
 def write_strip(

@@ -31,9 +31,12 @@ class Geometry:
 
     @classmethod
     def uniform(cls, image_hw: tuple[int, int], grid_hw: tuple[int, int]) -> Geometry:
-        """Grid cells tiling the whole image: cell centre = (j + 0.5) * W / w - 0.5."""
+        """Grid cells tiling the whole image (cell centres: ``grid_to_pixel``)."""
+        from rvm_core.readout.tracker import grid_to_pixel
+
         sy, sx = image_hw[0] / grid_hw[0], image_hw[1] / grid_hw[1]
-        return cls(sx, sy, 0.5 * sx - 0.5, 0.5 * sy - 0.5)
+        ox, oy = grid_to_pixel(np.zeros(2), image_hw, grid_hw)  # centre of cell (0, 0)
+        return cls(sx, sy, float(ox), float(oy))
 
 
 def feature_map(

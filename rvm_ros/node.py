@@ -359,17 +359,25 @@ class RVMNode(Node):
                 item = cam.pipeline.take()  # the newest frame, taken right before processing
                 if item is None:
                     continue
+                # A bad frame or runtime error must not stop the node. Each frame is counted
+                # once: rejected if it fails before its features are out, else processed.
                 try:
                     t0 = time.perf_counter()
                     result = cam.pipeline.process(item, track=False)  # decode + model step
-                    if result is not None:
-                        self._publish(cam, item, result, t0)
-                except Exception as exc:  # a bad frame or runtime error must not stop the node
+                    if result is None:
+                        continue
+                    self._publish_features(cam, item, result, t0)
+                except Exception as exc:
                     cam.pipeline.stats.reject("error")
                     self._warn("error", f"{cam.name}: processing failed: {exc!r}")
+                    continue
+                try:
+                    self._publish_tracks(cam, result)
+                except Exception as exc:  # already counted as processed
+                    self._warn("tracking", f"{cam.name}: tracking failed: {exc!r}")
 
-    def _publish(self, cam: _Camera, item: Any, r: Result, t0: float) -> None:
-        """Features first (latency is measured to them), then track and publish the tracks."""
+    def _publish_features(self, cam: _Camera, item: Any, r: Result, t0: float) -> None:
+        """Publish the features (latency is measured to them) and count the frame processed."""
         if r.reset_reason is not None:
             cam.colorizer.reset()
         cam.pub_features.publish(
@@ -401,6 +409,9 @@ class RVMNode(Node):
                 proc_s,
             )
         )
+
+    def _publish_tracks(self, cam: _Camera, r: Result) -> None:
+        """Track the points on the frame's features, publish the tracks (and debug image)."""
         cam.pipeline.track(r)
         cam.pub_tracks.publish(
             point_tracks(

@@ -5,9 +5,18 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+
+
+def percentiles(values: Iterable[float], qs: Sequence[float] = (50, 95)) -> tuple[float, ...]:
+    """The ``qs`` percentiles of ``values`` (NaN each when there are none)."""
+    a = np.asarray(list(values), dtype=np.float64)
+    if a.size == 0:
+        return tuple(float("nan") for _ in qs)
+    return tuple(float(v) for v in np.percentile(a, qs))
 
 
 @dataclass
@@ -73,6 +82,18 @@ class CameraStats:
             self.frames_processed += 1
             self._samples.append((now, latency_s, step_s))
 
+    def latency_percentiles(
+        self, qs: Sequence[float] = (50, 95), window_sec: float | None = None
+    ) -> tuple[float, ...]:
+        """Latency percentiles (ms) of the processed frames kept (``max_samples`` newest), or of
+        those of the last ``window_sec``; NaN when there are none."""
+        now = time.monotonic()
+        with self._lock:
+            lat = [
+                s[1] * 1e3 for s in self._samples if window_sec is None or s[0] >= now - window_sec
+            ]
+        return percentiles(lat, qs)
+
     def snapshot(self, now: float | None = None) -> StatsSnapshot:
         """Counters plus p50/p95 latency and fps over the last ``window_sec``."""
         now = time.monotonic() if now is None else now
@@ -87,10 +108,7 @@ class CameraStats:
                 rejected_by_reason=dict(self.rejected),
             )
         if recent:
-            lat = np.array([s[1] for s in recent]) * 1e3
-            snap.latency_p50_ms, snap.latency_p95_ms = (
-                float(v) for v in np.percentile(lat, [50, 95])
-            )
+            snap.latency_p50_ms, snap.latency_p95_ms = percentiles(s[1] * 1e3 for s in recent)
             snap.step_p50_ms = float(np.median([s[2] for s in recent]) * 1e3)
             # Frame intervals over the window (robust to a stream younger than the window).
             if len(recent) > 1:

@@ -165,6 +165,32 @@ def test_two_cameras_keep_separate_states(rvm_node, make_node, spin_until, model
     np.testing.assert_allclose(features_from_msg(outs["a"].features[-1]), last, atol=1e-3)
 
 
+def test_tracking_error_counts_frame_once(rvm_node, make_node, spin_until, model64):
+    node = rvm_node(model64, ["/cam/image"], tracks__grid=[2, 2])
+    client = make_node("rvm_test_client")
+    outs = Outputs(client, "/cam/image")
+    pub = client.create_publisher(Image, "/cam/image", QOS)
+    cam = node.cameras[0]
+    _connect(spin_until, pub, lambda: cam.pub_tracks.get_subscription_count() >= 1)
+
+    failed = threading.Event()
+
+    def broken_track(r):
+        failed.set()
+        raise RuntimeError("tracker broke")
+
+    frames = np.random.default_rng(2).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+    cam.pipeline.track = broken_track  # fails after the features are published
+    pub.publish(_image(frames[0], 1_700_000_000 * 10**9))
+    assert spin_until(lambda: len(outs.features) == 1 and failed.is_set(), timeout_sec=15.0)
+    del cam.pipeline.track
+    # The worker handles frames in order: once the next frame is out, the first one is done.
+    pub.publish(_image(frames[1], 1_700_000_000 * 10**9 + 10**8))
+    assert spin_until(lambda: len(outs.features) == 2 and len(outs.tracks) == 1, timeout_sec=15.0)
+    snap = cam.pipeline.stats.snapshot()
+    assert (snap.frames_processed, snap.frames_rejected) == (2, 0), snap
+
+
 def test_services_time_jump_and_stats(rvm_node, make_node, spin_until, model64):
     node = rvm_node(model64, ["/cam/image"], tracks__grid=[2, 2], stats_period_sec=0.3)
     client = make_node("rvm_test_client")

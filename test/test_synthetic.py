@@ -100,6 +100,17 @@ def test_track_and_propagate_commands(tmp_path: Path) -> None:
     assert m.shape == frames.shape[:3] and set(np.unique(m)) <= {0, 1}
 
 
+def test_unknown_override_key_is_one_line_error(tmp_path: Path, capsys) -> None:
+    video = tmp_path / "v.npy"
+    np.save(video, np.zeros((2, 32, 32, 3), np.uint8))
+    q = tmp_path / "q.csv"
+    q.write_text("t,x,y\n0,10,10\n")
+    args = ["track", str(video), "--queries", str(q), "--out", str(tmp_path / "t.npz")]
+    assert main(args + ["--method", "lk", "--tracker", "serch_radius=3"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "serch_radius" in err[0] and "search_radius" in err[0], err
+
+
 def test_eval_synthetic_command(tmp_path: Path, capsys) -> None:
     out = tmp_path / "r.json"
     args = ["eval", "synthetic", "--checkpoint", "tiny", "--frames", "6", "--image-size", "96x128"]

@@ -40,18 +40,16 @@ def default_model(input_hw: tuple[int, int], cache: Path | None = None) -> Path:
     shipped = REPO / "rvm_ros" / "data" / "rvm_default.onnx"
     if shipped.is_file():
         return shipped
-    cache = cache or REPO / ".build" / "bench-models"
-    out = cache / f"rvm_tiny_96x128_{input_hw[0]}x{input_hw[1]}.onnx"
-    if not out.is_file():
-        from ..checkpoint import build_model
-        from ..export import export_onnx
+    from ..export_cache import cached_export
 
-        cache.mkdir(parents=True, exist_ok=True)
-        model = build_model("tiny", seed=0, image_size=(96, 128)).eval()
-        tmp = out.with_suffix(f".{os.getpid()}.tmp")
-        export_onnx(model, tmp, input_size=input_hw)
-        os.replace(tmp, out)
-    return out
+    return cached_export(
+        cache or REPO / ".build" / "bench-models",
+        f"rvm_tiny_96x128_{input_hw[0]}x{input_hw[1]}",
+        "tiny",
+        seed=0,
+        model_args={"image_size": (96, 128)},
+        input_size=tuple(input_hw),
+    )
 
 
 def _reliability() -> str:
@@ -154,20 +152,16 @@ def _play(seconds: float, rate: float, hw: tuple[int, int], env: dict[str, str])
         cmd = [sys.executable, "-m", "rvm_core.bench.node", "--publish", TOPIC]
         cmd += [str(seconds), str(rate), str(hw[0]), str(hw[1]), str(out)]
         subprocess.run(cmd, env=env, check=True, timeout=seconds + 90)
-        return np.load(out)
+        return np.load(out, allow_pickle=False)
 
 
 def _stats(lat_s: Any) -> dict[str, float]:
-    import numpy as np
+    """p50/p95 (ms) and count of latencies given in seconds."""
+    from rvm_ros.stats import percentiles
 
-    lat = np.asarray(lat_s) * 1e3
-    if lat.size == 0:
-        return {"p50": float("nan"), "p95": float("nan"), "n": 0}
-    return {
-        "p50": float(np.percentile(lat, 50)),
-        "p95": float(np.percentile(lat, 95)),
-        "n": int(lat.size),
-    }
+    lat = [1e3 * float(v) for v in lat_s]
+    p50, p95 = percentiles(lat, (50, 95))
+    return {"p50": p50, "p95": p95, "n": len(lat)}
 
 
 def bench_node(

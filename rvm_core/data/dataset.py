@@ -266,6 +266,10 @@ def build_loader(
             prefetch_factor=prefetch_factor,
             persistent_workers=True,
             worker_init_fn=_worker_init,
+            # Forking a process that already runs other threads (CUDA, NCCL, a ROS executor,
+            # DDS) can copy held locks into the workers and hang them; forkserver starts each
+            # worker from a clean single-threaded server instead.
+            multiprocessing_context="forkserver",
         )
     loader = ClipLoader(
         dataset,

@@ -40,12 +40,24 @@ def _parse_overrides(items: Sequence[str] | None) -> dict[str, object]:
     return out
 
 
+def _config(cls, overrides: Sequence[str] | None, **fixed: object):
+    """``cls(**fixed, **overrides)``; an unknown (or fixed) key is a one-line ValueError."""
+    values = _parse_overrides(overrides)
+    allowed = sorted(f.name for f in dataclasses.fields(cls) if f.init and f.name not in fixed)
+    unknown = sorted(set(values) - set(allowed))
+    if unknown:
+        raise ValueError(
+            f"unknown {cls.__name__} key(s) {', '.join(unknown)}; valid: {', '.join(allowed)}"
+        )
+    return cls(**fixed, **values)
+
+
 def _tracker_config(method: str, overrides: Sequence[str] | None) -> TrackerConfig:
-    return TrackerConfig(method=method, **_parse_overrides(overrides))
+    return _config(TrackerConfig, overrides, method=method)
 
 
 def _prop_config(overrides: Sequence[str] | None) -> PropagationConfig:
-    return PropagationConfig(**_parse_overrides(overrides))
+    return _config(PropagationConfig, overrides)
 
 
 def _load(checkpoint: str, device: str = "cpu"):
@@ -65,7 +77,7 @@ def _random_like(model, seed: int = 0):
     return build_model(model.config, seed=seed).eval()
 
 
-def _model_size(model, size: str | None) -> tuple[int, int] | None:
+def _model_size(size: str | None) -> tuple[int, int] | None:
     from ..preprocess import parse_size
 
     return parse_size(size) if size else None
@@ -78,7 +90,7 @@ def _feature_fn(args: argparse.Namespace) -> FeatureFn | None:
     if not args.checkpoint:
         raise ValueError("--checkpoint is required for model features (or use --features pixels)")
     model = _load(args.checkpoint, args.device)
-    return ModelFeatures(model, size=_model_size(model, args.size), device=args.device)
+    return ModelFeatures(model, size=_model_size(args.size), device=args.device)
 
 
 def _pixel_grid(args: argparse.Namespace) -> tuple[int, int]:
@@ -246,11 +258,11 @@ def _synthetic_sources(args: argparse.Namespace, methods: set[str]) -> dict[str,
     sources: dict[str, Callable[[], FeatureFn]] = {}
     ckpt = args.checkpoint
     if ckpt is None:
-        try:  # the shipped default model, once it exists
-            from .. import load_model
+        from ..checkpoint import DEFAULT_CHECKPOINT, load_model
 
-            model = load_model("default")
-        except Exception:
+        if DEFAULT_CHECKPOINT.is_file():  # the shipped default model, once it exists
+            model = load_model(DEFAULT_CHECKPOINT, device=args.device)
+        else:
             model = None
             ckpt = "tiny"
             print("no --checkpoint and no default model: random 'tiny' weights only")
@@ -258,7 +270,7 @@ def _synthetic_sources(args: argparse.Namespace, methods: set[str]) -> dict[str,
         model = _load(ckpt, args.device)
     from ..config import CONFIGS
 
-    size = _model_size(None, args.size)
+    size = _model_size(args.size)
     if model is not None and ckpt not in CONFIGS:
         sources["trained"] = lambda: ModelFeatures(model, size=size, device=args.device)
     if args.random_baseline or ckpt in CONFIGS or model is None:

@@ -64,17 +64,3 @@ class ModelFeatures:
             feats, self.state = self.model.step(x.to(self.device), self.state)
         h, w = self.grid_hw
         return feats[0, 1:].float().cpu().numpy().reshape(h, w, -1)
-
-
-def model_features(
-    checkpoint: str, size: tuple[int, int] | None = None, seed: int = 0, device: str = "cpu"
-) -> ModelFeatures:
-    """Feature source from a checkpoint path, or a config name ("tiny", "S"...) = random weights."""
-    from ..checkpoint import build_model, load_model
-    from ..config import CONFIGS
-
-    if checkpoint in CONFIGS:
-        model = build_model(checkpoint, seed=seed).to(device).eval()
-    else:
-        model = load_model(checkpoint, device=device)
-    return ModelFeatures(model, size=size, device=device)

@@ -11,10 +11,6 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-# OpenCV 5's Python binding no longer accepts prebuilt pyramids, so a "pyramid" here is the gray
-# frame itself and calcOpticalFlowPyrLK builds the levels.
-Pyramid = np.ndarray
-
 
 @dataclass(frozen=True)
 class LKConfig:
@@ -35,15 +31,14 @@ def to_gray(image: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(np.ascontiguousarray(image, dtype=np.uint8), cv2.COLOR_RGB2GRAY)
 
 
-def build_pyramid(gray: np.ndarray, config: LKConfig) -> Pyramid:
-    """What ``lk_step`` consumes for one frame (gray uint8 [H,W]; see ``Pyramid``)."""
-    return np.ascontiguousarray(gray, dtype=np.uint8)
-
-
 def lk_step(
-    prev: Pyramid, cur: Pyramid, points: np.ndarray, config: LKConfig
+    prev: np.ndarray, cur: np.ndarray, points: np.ndarray, config: LKConfig
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Track points [K,2] (x,y px) prev->cur: (new points [K,2], ok [K] bool, fb error [K] px)."""
+    """Track points [K,2] (x,y px) prev->cur: (new points [K,2], ok [K] bool, fb error [K] px).
+
+    ``prev``/``cur`` are gray uint8 [H,W] frames (``to_gray``): OpenCV 5's Python binding no
+    longer accepts prebuilt pyramids, so calcOpticalFlowPyrLK builds the levels itself.
+    """
     points = np.asarray(points, dtype=np.float32).reshape(-1, 1, 2)
     k = points.shape[0]
     if k == 0:

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .lk import LKConfig, Pyramid, build_pyramid, lk_step, to_gray
+from .lk import LKConfig, lk_step, to_gray
 
 METHODS = ("rvm", "hybrid", "lk")
 
@@ -253,7 +253,7 @@ class PointTracker:
         self._t0: np.ndarray | None = None  # [K,C] query templates
         self._t: np.ndarray | None = None  # [K,C] current templates
         self._frame: _FeatureFrame | None = None
-        self._pyr: Pyramid | None = None
+        self._pyr: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -278,7 +278,7 @@ class PointTracker:
     # -- frames ------------------------------------------------------------------------------
     def _ingest(
         self, features: np.ndarray | None, image: np.ndarray | None, image_hw: Sequence[int] | None
-    ) -> tuple[_FeatureFrame | None, Pyramid | None]:
+    ) -> tuple[_FeatureFrame | None, np.ndarray | None]:
         if image is not None:
             image_hw = np.asarray(image).shape[:2]
         if image_hw is not None:
@@ -293,7 +293,7 @@ class PointTracker:
         if self.config.method != "rvm":
             if image is None:
                 raise ValueError(f"method {self.config.method!r} needs the image every frame")
-            pyr = build_pyramid(to_gray(image), self.config.lk)
+            pyr = to_gray(image)
         return frame, pyr
 
     def add(
@@ -354,7 +354,7 @@ class PointTracker:
         return self.state()
 
     # -- readouts ----------------------------------------------------------------------------
-    def _update_lk(self, pyr: Pyramid) -> None:
+    def _update_lk(self, pyr: np.ndarray) -> None:
         new, ok, fb = lk_step(self._pyr, pyr, self.xy, self.config.lk)
         moved = np.isfinite(fb)  # LK status ok: keep following even if the round trip is poor
         self.xy = np.where(moved[:, None], new, self.xy)
@@ -365,7 +365,7 @@ class PointTracker:
         ref = np.where(np.isnan(self._ref), 1.0, self._ref)
         return np.maximum(absolute, relative * ref)
 
-    def _update_features(self, frame: _FeatureFrame, pyr: Pyramid | None) -> None:
+    def _update_features(self, frame: _FeatureFrame, pyr: np.ndarray | None) -> None:
         cfg = self.config
         img_hw, grid_hw = self.image_hw, frame.hw
         tmpl = self._t0 if cfg.template_update <= 0 else normalize_features(self._t0 + self._t)

@@ -145,12 +145,6 @@ def transformer_blocks(model: RVM) -> list[nn.Module]:
     return blocks
 
 
-def unwrap(model: nn.Module) -> RVM:
-    """The RVM inside a DDP wrapper (FSDP2 and torch.compile keep or expose it)."""
-    model = getattr(model, "_orig_mod", model)
-    return getattr(model, "module", model)
-
-
 @contextlib.contextmanager
 def grad_sync(model: nn.Module, strategy: str, enabled: bool) -> Iterator[None]:
     """Skip the gradient all-reduce on all but the last micro-batch of an accumulated step."""
