@@ -20,8 +20,7 @@ from rvm_ros.runtime import RVMRuntime
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from rvm_test_models import tiny_onnx  # noqa: E402
 
-VIDEO = Path(__file__).resolve().parent.parent / "data" / "real" / "debian" / "tree.avi"
-pytestmark = pytest.mark.skipif(not VIDEO.is_file(), reason=f"{VIDEO} missing")
+VIDEO = Path(__file__).resolve().parent.parent / "rvm_ros" / "data" / "demo.mp4"  # bundled, CC0
 
 
 @pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
@@ -30,7 +29,7 @@ def test_make_bag_then_bag_eval(tmp_path, capsys, storage):
     bag, out = tmp_path / "cam", tmp_path / "out"
     args = ["make-bag", str(VIDEO), str(bag), "--max-frames", str(n), "--storage", storage]
     assert rvm(args + ["--encoding", "bgr8"]) == 0
-    frames = read_video(VIDEO, max_frames=n)  # [n,240,320,3]
+    frames = read_video(VIDEO, max_frames=n)  # [n,360,640,3]
 
     # Ground truth sidecar: two points that stay put (the test checks plumbing, not accuracy).
     tracks = np.tile(np.array([[100.0, 80.0], [200.0, 150.0]])[:, None], (1, n, 1))
@@ -58,9 +57,9 @@ def test_make_bag_then_bag_eval(tmp_path, capsys, storage):
         small = cv2.resize(frames[i], (64, 64), interpolation=cv2.INTER_AREA)
         want = reference.step(small, "ref")
         np.testing.assert_allclose(features_from_msg(fm).astype(np.float32), want, atol=1e-3)
-        assert fm.frame_index == i and (fm.image_width, fm.image_height) == (320, 240)
+        assert fm.frame_index == i and (fm.image_width, fm.image_height) == (640, 360)
         assert fm.header.frame_id == "camera"
-        assert (fm.stride_x, fm.stride_y) == (40.0, 30.0)
+        assert (fm.stride_x, fm.stride_y) == (80.0, 45.0)
     assert trs[0].header.stamp == feats[0].header.stamp
 
 

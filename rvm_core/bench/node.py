@@ -36,9 +36,12 @@ TOPIC = "/rvm_bench/image"
 
 
 def default_model(input_hw: tuple[int, int], cache: Path | None = None) -> Path:
-    """The shipped default model, else a ``tiny`` (96x128) export for ``input_hw`` (cached)."""
+    """The shipped default model if exported for ``input_hw``, else a ``tiny`` (96x128) export
+    of random weights for ``input_hw`` (cached; the cost does not depend on the weights)."""
+    from rvm_ros.runtime import read_metadata
+
     shipped = REPO / "rvm_ros" / "data" / "rvm_default.onnx"
-    if shipped.is_file():
+    if shipped.is_file() and tuple(read_metadata(shipped).input_size) == tuple(input_hw):
         return shipped
     from ..export_cache import cached_export
 
