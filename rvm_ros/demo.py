@@ -139,6 +139,9 @@ def run_demo(
                 Parameter("image_topics", value=[topic]),
                 Parameter("stats_period_sec", value=2.0),
                 Parameter("feature_dtype", value=feature_dtype),
+                # The demo owns both ends: reliable keep-last-1 still never queues, and raw
+                # frames are not lost to best-effort UDP fragment loss (docs/node.md).
+                Parameter("qos.reliability", value="reliable"),
             ],
         )
         player = rclpy.create_node("rvm_demo_player", context=ctx)
