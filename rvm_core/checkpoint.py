@@ -118,6 +118,12 @@ def _load_state(model: RVM, state: dict[str, torch.Tensor], path: Path) -> None:
         for k, v in expected.items()
         if k in state and state[k].shape != v.shape
     ]
+    _check_keys(path, missing, unexpected, bad)
+    model.load_state_dict(state)
+
+
+def _check_keys(path: Path | str, missing: list, unexpected: list, bad: list) -> None:
+    """Raise one CheckpointError line naming missing/unexpected keys and bad shapes, if any."""
     problems = []
     if missing:
         problems.append(f"missing keys: {_short(missing)}")
@@ -127,7 +133,6 @@ def _load_state(model: RVM, state: dict[str, torch.Tensor], path: Path) -> None:
         problems.append(f"bad shapes: {_short(bad)}")
     if problems:
         raise CheckpointError(f"{path}: " + "; ".join(problems))
-    model.load_state_dict(state)
 
 
 def _short(items: list[str], limit: int = 6) -> str:
@@ -261,15 +266,7 @@ def official_to_state(
             bad.append(f"{theirs} {arrays[theirs].shape}")
             continue
         state[ours] = torch.from_numpy(np.ascontiguousarray(value))
-    problems = []
-    if missing:
-        problems.append(f"missing keys: {_short(missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys: {_short(unexpected)}")
-    if bad:
-        problems.append(f"bad shapes: {_short(bad)}")
-    if problems:
-        raise CheckpointError(f"{path}: " + "; ".join(problems))
+    _check_keys(path, missing, unexpected, bad)
     return state
 
 
