@@ -384,12 +384,14 @@ def test_overload_newest_frames_bounded_memory_latency(rvm_node, make_node, exec
     def play(seconds: float, rate: float) -> np.ndarray:
         """Publish at ``rate`` Hz from another process -> publish times (s, = stamps)."""
         out = Path(tempfile.mkdtemp()) / "times.npy"
+        # The benchmark's publisher process (random 240x320 rgb8 frames, reliable QoS).
+        cmd = [sys.executable, "-m", "rvm_core.bench.node", "--publish", "/load/image"]
         proc = subprocess.run(
-            [sys.executable, str(Path(__file__).parent / "rvm_test_player.py"), "/load/image"]
-            + [str(seconds), str(rate), str(out)],
+            cmd + [str(seconds), str(rate), "240", "320", str(out)],
             capture_output=True,
             text=True,
             timeout=seconds + 60,
+            env={**os.environ, "RVM_BENCH_RELIABILITY": "reliable"},
         )
         assert proc.returncode == 0, proc.stderr
         return np.load(out)
