@@ -109,6 +109,35 @@ def _read_project(path: Path, tensors: bool = True) -> tuple[RVMConfig, dict[str
     return config, state
 
 
+def init_from(model: RVM, path: str | os.PathLike) -> int:
+    """Copy the tensors of a plain safetensors file into ``model``'s same-named parameters.
+
+    A partial initialisation (e.g. the ImageNet stem from ``rvm stem-weights``): every tensor
+    must name one of the model's parameters with the same shape; the rest keep their values.
+    Returns the number of tensors copied.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"initialisation file not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:
+        raise CheckpointError(f"{path}: unreadable safetensors file ({exc})") from exc
+    expected = model.state_dict()
+    unexpected = sorted(set(state) - set(expected))
+    bad = [
+        f"{k} {tuple(v.shape)} != {tuple(expected[k].shape)}"
+        for k, v in state.items()
+        if k in expected and v.shape != expected[k].shape
+    ]
+    _check_keys(path, [], unexpected, bad)
+    with torch.no_grad():
+        for k, v in state.items():
+            expected[k].copy_(v)
+    return len(state)
+
+
 def _load_state(model: RVM, state: dict[str, torch.Tensor], path: Path) -> None:
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
@@ -272,8 +301,8 @@ def official_to_state(
 
 def model_to_official(model: RVM) -> dict[str, np.ndarray]:
     """A (GRU) model's weights as official flat arrays (what ``np.savez`` would store)."""
-    if model.config.aggregator != "gru":
-        raise ValueError("only the recurrent-core model has an official layout")
+    if model.config.aggregator != "gru" or model.config.stem != "patch":
+        raise ValueError("only the recurrent-core, patch-embedding model has an official layout")
     heads = _heads_by_prefix(model.config)
     out = {}
     for name, value in model.state_dict().items():

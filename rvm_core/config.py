@@ -7,6 +7,7 @@ import json
 from dataclasses import dataclass
 
 AGGREGATORS = ("gru", "attention")
+STEMS = ("patch", "mobilenetv2")
 
 
 @dataclass(frozen=True)
@@ -33,10 +34,15 @@ class RVMConfig:
     num_source: int = 4  # source frames per training sample (1 = the SiamMAE baseline)
     aggregator: str = "gru"  # "gru" (Transformer-GRU core) or "attention" (ablation)
     attention_window: int = 4  # frames the self-attention aggregator sees (incl. current)
+    stem: str = "patch"  # "patch" (linear, official) or "mobilenetv2" (conv, stride 8; stem.py)
 
     def __post_init__(self) -> None:
         if self.aggregator not in AGGREGATORS:
             raise ValueError(f"aggregator must be one of {AGGREGATORS}, got {self.aggregator!r}")
+        if self.stem not in STEMS:
+            raise ValueError(f"stem must be one of {STEMS}, got {self.stem!r}")
+        if self.stem == "mobilenetv2" and self.patch_size != 8:
+            raise ValueError(f"the mobilenetv2 stem has stride 8; patch_size is {self.patch_size}")
         for name, heads, width in (
             ("enc", self.enc_heads, self.width),
             ("core", self.core_heads, self.width),

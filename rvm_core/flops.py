@@ -19,13 +19,30 @@ def _mlp(n: int, d: int, hidden: int) -> int:
     return 2 * 2 * n * d * hidden
 
 
+def _mobilenetv2_stem(h: int, w: int, d: int) -> int:
+    """The conv stem of ``model/stem.py`` for an output grid h x w (input 8h x 8w)."""
+    from .model.stem import _FIRST_CHANNELS, _SETTINGS, STEM_CHANNELS
+
+    pixels = (8 * h) * (8 * w) // 4  # after the first stride-2 conv
+    flops = 2 * pixels * 27 * _FIRST_CHANNELS
+    cin = _FIRST_CHANNELS
+    for t, c, n, s in _SETTINGS:
+        for i in range(n):
+            hidden = cin * t
+            expand = 2 * pixels * cin * hidden if t != 1 else 0
+            pixels //= (s * s) if i == 0 else 1
+            flops += expand + 2 * pixels * hidden * 9 + 2 * pixels * hidden * c
+            cin = c
+    return flops + 2 * h * w * STEM_CHANNELS * d
+
+
 def step_flops(config: RVMConfig, grid: tuple[int, int] | None = None) -> dict[str, int]:
     """FLOPs of one step at token ``grid`` (h, w; default the config's): per part and total."""
     h, w = grid or config.grid
     p, d = config.patch_size, config.width
     n = h * w
     t = 1 + n  # tokens incl. CLS
-    patch = 2 * n * (3 * p * p) * d
+    patch = 2 * n * (3 * p * p) * d if config.stem == "patch" else _mobilenetv2_stem(h, w, d)
     encoder = config.enc_layers * (_attention(t, t, d) + _mlp(t, d, config.enc_mlp))
     if config.aggregator == "gru":
         gates = 4 * 2 * t * d * d  # input/state x update/reset, D x D each, no bias

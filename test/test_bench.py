@@ -4,6 +4,7 @@ no timing is asserted, only that each suite runs and writes its table and plots)
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 
 import pytest
@@ -84,3 +85,20 @@ def test_all_quick_writes_report(tmp_path: Path) -> None:
         assert heading in report
     for png in ("streaming_default.png", "mfu.png", "aggregator.png"):
         assert f"({png})" in report and (tmp_path / png).is_file()
+
+
+def test_side_by_side_compares_an_aged_stream_with_a_fresh_one() -> None:
+    """A step whose cost doubles after 100 frames shows up as ~2x; ages are lined up exactly."""
+    from rvm_core.bench.streaming import side_by_side
+
+    def stepper(seen: list[int]):
+        def step(frame: int) -> None:
+            seen.append(frame)
+            time.sleep(0.002 if len(seen) > 100 else 0.001)
+
+        return step
+
+    aged, fresh = [], []
+    late_ms, early_ms = side_by_side(stepper(aged), stepper(fresh), list(range(200)), 200)
+    assert len(aged) == 200 and aged[-1] == 199 and fresh == list(range(100))
+    assert 1.5 < late_ms / early_ms < 2.6

@@ -98,6 +98,17 @@ def test_parity_fp32(model, tmp_path: Path, attention: str, frames: int) -> None
         assert np.abs(gs - rs).max() <= FP32_TOL
 
 
+def test_parity_fp32_conv_stem(tmp_path: Path) -> None:
+    """The default model's MobileNetV2 stem (convolutions, ReLU6, residuals) exports exactly."""
+    m = build_model("tiny", seed=0, **{**SMALL, "stem": "mobilenetv2"}).eval()
+    path = export_onnx(m, tmp_path / "m.onnx", (48, 80)).path
+    video = _video(FRAMES, 48, 80)
+    for (rf, rs), (gf, gs) in zip(_torch_stream(m, video, (64, 64)), _ort_stream(path, video)):
+        assert gf.shape == rf.shape == (1, 32, 8, 8)
+        assert np.abs(gf - rf).max() <= FP32_TOL
+        assert np.abs(gs - rs).max() <= FP32_TOL
+
+
 def test_camera_size_differs_from_model_size(model, tmp_path: Path) -> None:
     """The graph resizes a 48x80 camera frame to the 64x64 model input like to_model_input."""
     path = export_onnx(model, tmp_path / "m.onnx", (48, 80), model_size=(64, 64)).path
@@ -165,10 +176,12 @@ def test_model_id_tracks_weights(model) -> None:
     assert model_id(model) != model_id(other)
 
 
-@pytest.mark.parametrize("aggregator", ["gru", "attention"])
-def test_flops_match_flop_counter(aggregator: str) -> None:
+@pytest.mark.parametrize(
+    ("aggregator", "stem"), [("gru", "patch"), ("attention", "patch"), ("gru", "mobilenetv2")]
+)
+def test_flops_match_flop_counter(aggregator: str, stem: str) -> None:
     """The analytic count equals torch's FlopCounterMode (math SDPA, so attention is counted)."""
-    m = build_model("tiny", seed=0, **{**SMALL, "aggregator": aggregator}).eval()
+    m = build_model("tiny", seed=0, **{**SMALL, "aggregator": aggregator, "stem": stem}).eval()
     x = torch.rand(1, 3, 64, 48)  # a non-square 8x6 grid
     with torch.no_grad():
         _, state = m.step(x)

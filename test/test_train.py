@@ -247,6 +247,38 @@ def test_kill_and_resume_gives_the_same_losses(tmp_path: Path, data_dirs) -> Non
 
 
 # -- data parallel gradients ------------------------------------------------------------------
+def test_init_file_and_frozen_stem(tmp_path: Path, data_dirs) -> None:
+    model_cfg = {**SMALL_MODEL, "patch_size": 8, "stem": "mobilenetv2", "posenc_grid": [4, 4]}
+    cfg = load_config(write_config(tmp_path, data_dirs, model=model_cfg))
+    init = build_model(cfg.model_config())
+    stem_init = tmp_path / "stem.safetensors"
+    state = {
+        k: v.clone() + 0.01
+        for k, v in init.state_dict().items()
+        if k.startswith("tokenizer.patch_embedding.stem.")
+    }
+    save_file(state, str(stem_init))
+    path = write_config(
+        tmp_path,
+        data_dirs,
+        model=model_cfg,
+        optim={"freeze": ["tokenizer.patch_embedding.stem"]},
+        run={"steps": 4, "init": str(stem_init)},
+    )
+    summary = train(load_config(path))
+    assert all(np.isfinite(summary["loss"]))
+    trained = load_model(Path(summary["run_dir"]) / "model.safetensors").state_dict()
+    for k, v in state.items():
+        assert torch.equal(trained[k], v), k  # initialised from the file, then never updated
+    proj = "tokenizer.patch_embedding.proj.weight"
+    assert not torch.equal(trained[proj], init.state_dict()[proj])
+    bad = write_config(
+        tmp_path, data_dirs, optim={"freeze": ["encoder.nothing"]}, run={"name": "other"}
+    )
+    with pytest.raises(ValueError, match="matches no parameter"):
+        train(load_config(bad))
+
+
 def _fixed_batch(n: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     g = torch.Generator().manual_seed(7)
     batch = {

@@ -19,9 +19,6 @@ from typing import Any
 
 import numpy as np
 
-# The default shipped model: the tiny architecture at a 4:3 input (training/configs/default.yaml).
-DEFAULT_MODEL: dict[str, Any] = {"config": "tiny", "image_size": (96, 128)}
-
 # A seconds-long RVM for tests (--quick); same shape of work, far smaller numbers.
 QUICK_CONFIG: dict[str, Any] = dict(
     width=32, enc_layers=2, enc_heads=2, enc_mlp=64, core_layers=1, core_heads=2, core_mlp=64
@@ -29,14 +26,14 @@ QUICK_CONFIG: dict[str, Any] = dict(
 
 
 def build_rvm(name: str, quick: bool = False, **overrides: Any) -> Any:
-    """An encoder+core RVM (random weights, eval) by bench name: ``default``, ``tiny``, ``S``..."""
-    from ..checkpoint import build_model
+    """An encoder+core RVM (random weights, eval) by bench name: ``default``, ``tiny``, ``S``...
+
+    ``default`` is the shipped model's architecture (read from its checkpoint's metadata).
+    """
+    from ..checkpoint import DEFAULT_CHECKPOINT, build_model, read_config
 
     kw: dict[str, Any] = {"dec_layers": 0, **overrides}
-    config = name
-    if name == "default":
-        config = DEFAULT_MODEL["config"]
-        kw.setdefault("image_size", DEFAULT_MODEL["image_size"])
+    config: Any = read_config(DEFAULT_CHECKPOINT) if name == "default" else name
     if quick:
         kw = {**QUICK_CONFIG, **kw}
     return build_model(config, seed=0, **kw).eval()

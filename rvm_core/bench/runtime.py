@@ -16,28 +16,11 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-QUICK_CONFIG = dict(width=32, enc_layers=2, enc_heads=2, enc_mlp=64, core_layers=1, core_heads=2)
-QUICK_CONFIG.update(core_mlp=64, image_size=(64, 64))
-
-
-def _timed_blocks(
-    fns: dict[str, Callable[[], object]], rounds: int, frames: int
-) -> dict[str, list[float]]:
-    """Per-step seconds of each fn: ``rounds`` x (each fn: 1 untimed + ``frames`` timed)."""
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            fn()
-            for _ in range(frames):
-                t = time.perf_counter()
-                fn()
-                times[name].append(time.perf_counter() - t)
-    return times
+from .common import build_rvm, timed_rounds
 
 
 def bench_model(
@@ -89,10 +72,7 @@ def bench_model(
 
     fns: dict[str, Callable[[], object]] = {"eager": eager}
     fns.update({mode: ort_step(rt) for mode, rt in runtimes.items()})
-    for fn in fns.values():  # warm-up: allocator, thread pools, first-run graph setup
-        for _ in range(2):
-            fn()
-    times = _timed_blocks(fns, rounds, frames)
+    times = timed_rounds(fns, rounds, frames)
     eager_ms = 1e3 * statistics.median(times["eager"])
     rows = []
     for mode in attention:
@@ -124,17 +104,15 @@ def bench_runtime(
     quick: bool = False,
 ) -> tuple[list[dict[str, Any]], dict[str, float]]:
     """Benchmark rows (one per model x attention mode) and the GEMM peak of the same run."""
-    from ..checkpoint import build_model, load_model
+    from ..checkpoint import load_model
     from .gemm import gemm_peak
 
     models = [(Path(c).stem, load_model(c)) for c in checkpoints]
     for name in sizes:
         if quick:
-            models.append(
-                (f"{name}-quick", build_model(name, seed=0, dec_layers=0, **QUICK_CONFIG))
-            )
+            models.append((f"{name}-quick", build_rvm(name, quick=True, image_size=(64, 64))))
         else:
-            models.append((name, build_model(name, seed=0, dec_layers=0)))
+            models.append((name, build_rvm(name)))
     gemm_kw: dict[str, Any] = {"sizes": (256,), "seconds": 0.05} if quick else {}
     peak = gemm_peak(threads=threads, **gemm_kw)
     rows = []
@@ -168,7 +146,9 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", action="append", default=[], help="checkpoint(s) to include")
-    p.add_argument("--sizes", default="tiny,S", help="config names (random weights), e.g. tiny,S")
+    p.add_argument(
+        "--sizes", default="default,S", help="models (random weights): default (shipped arch), S.."
+    )
     p.add_argument("--frames", type=int, default=20, help="timed steps per block")
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds (eager, ORT, ...)")
     p.add_argument("--threads", type=int, default=2, help="torch threads = ORT intra-op threads")

@@ -25,7 +25,7 @@ class RVM(nn.Module):
         self.config = config
         d = config.width
         self.cls_token = nn.Parameter(torch.zeros(1, d))
-        self.tokenizer = Tokenizer(config.patch_size, d, config.posenc_grid)
+        self.tokenizer = Tokenizer(config.patch_size, d, config.posenc_grid, config.stem)
         self.encoder = Encoder(d, config.enc_layers, config.enc_heads, config.enc_mlp)
         if config.aggregator == "gru":
             self.core = GatedTransformerCore(

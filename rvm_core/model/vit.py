@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from .blocks import PreNormBlock, layer_norm
+from .stem import ConvPatchEmbedding
 
 
 def sincos_table(n_positions: int, dim: int) -> np.ndarray:
@@ -71,9 +72,14 @@ class PatchEmbedding(nn.Module):
 class Tokenizer(nn.Module):
     """Patch embedding plus the fixed sin/cos positional encoding: [B,3,H,W] -> [B,N,D]."""
 
-    def __init__(self, patch_size: int, dim: int, posenc_grid: tuple[int, int]) -> None:
+    def __init__(
+        self, patch_size: int, dim: int, posenc_grid: tuple[int, int], stem: str = "patch"
+    ) -> None:
         super().__init__()
-        self.patch_embedding = PatchEmbedding(patch_size, dim)
+        if stem == "patch":
+            self.patch_embedding: nn.Module = PatchEmbedding(patch_size, dim)
+        else:
+            self.patch_embedding = ConvPatchEmbedding(dim)
         self.posenc_grid = tuple(posenc_grid)
         self.dim = dim
 

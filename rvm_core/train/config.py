@@ -58,6 +58,7 @@ class OptimConfig:
     eps: float = 1e-8
     grad_clip: float = 1.0  # max global grad norm; 0 = off
     loss_on: str = "hidden"  # hidden (the paper's L2 on masked patches) | all
+    freeze: list[str] = field(default_factory=list)  # parameter-name prefixes kept fixed
 
 
 @dataclass
@@ -68,6 +69,7 @@ class RunConfig:
     out_dir: str = "runs"
     steps: int = 2000  # optimizer steps
     seed: int = 0
+    init: str | None = None  # safetensors copied into the model at step 0 (`rvm stem-weights`)
     device: str = "auto"  # auto | cpu | cuda | xla
     precision: str = "auto"  # auto (bf16 on CUDA/XLA, fp32 on CPU) | fp32 | bf16
     strategy: str = "auto"  # auto (ddp, fsdp for L/H) | ddp | fsdp (only used if world > 1)

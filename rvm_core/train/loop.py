@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..checkpoint import build_model, count_parameters
+from ..checkpoint import build_model, count_parameters, init_from
 from ..config import RVMConfig
 from ..data import ClipSamplingConfig, CropConfig, VideoClipDataset, build_loader, split_heldout
 from ..model.decoder import sample_mask
@@ -37,7 +37,7 @@ from .distributed import (
     teardown,
     wrap_model,
 )
-from .optim import build_optimizer, lr_at, set_lr
+from .optim import build_optimizer, freeze_parameters, lr_at, set_lr
 from .report import Reporter, plot_losses, preview_image, save_png
 from .state import TrainState, latest_checkpoint, load_checkpoint, save_checkpoint
 
@@ -177,6 +177,9 @@ def _train(cfg: TrainConfig, env: DistEnv, resume: bool, save: bool) -> dict[str
 
     # -- model and optimizer ---------------------------------------------------------------
     model = build_model(mc, seed=cfg.run.seed)
+    if cfg.run.init and not resume:  # a resumed run gets them from its checkpoint
+        init_from(model, cfg.run.init)
+    freeze_parameters(model, cfg.optim.freeze)
     n_params = count_parameters(model)
     model = model.to(env.device)
     if cfg.run.compile:

@@ -32,6 +32,20 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
+def freeze_parameters(model: nn.Module, prefixes: list[str]) -> int:
+    """Exclude parameters whose names start with any of ``prefixes`` from training; count them."""
+    if not prefixes:
+        return 0
+    frozen = 0
+    for name, p in model.named_parameters():
+        if name.startswith(tuple(prefixes)):
+            p.requires_grad_(False)
+            frozen += 1
+    if frozen == 0:
+        raise ValueError(f"optim.freeze {prefixes} matches no parameter")
+    return frozen
+
+
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
     """AdamW over ``model``'s parameters (call after DDP/FSDP wrapping)."""
     return torch.optim.AdamW(
