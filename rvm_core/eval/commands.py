@@ -431,7 +431,7 @@ def eval_tapvid(args: argparse.Namespace) -> int:
 
     from ..preprocess import parse_size
     from .datasets import read_tapvid, tapvid_queries
-    from .metrics import tapvid_mean, tapvid_metrics
+    from .metrics import tapvid_mean, tapvid_video_metrics
 
     h, w = parse_size(args.resize)
     fn = None
@@ -451,14 +451,8 @@ def eval_tapvid(args: argparse.Namespace) -> int:
         tr, occ, _ = track_video(
             q, frames=frames, features=fn, config=_tracker_config(args.method, args.tracker)
         )
-        scale = np.array([256 / w, 256 / h])
-        m = tapvid_metrics(
-            q[None][..., [0, 2, 1]] * np.array([1, 256 / h, 256 / w]),
-            v.occluded[rows][None],
-            (pts[rows] * scale)[None],
-            occ[None],
-            (tr * scale)[None],
-            query_mode=args.query_mode,
+        m = tapvid_video_metrics(
+            q[:, [0, 2, 1]], v.occluded[rows], pts[rows], occ, tr, (h, w), args.query_mode
         )
         per_video.append(m)
         names.append(v.name)

@@ -30,6 +30,7 @@ __all__ = [
     "seg2bmap",
     "tapvid_mean",
     "tapvid_metrics",
+    "tapvid_video_metrics",
 ]
 
 TAPVID_THRESHOLDS: tuple[int, ...] = (1, 2, 4, 8, 16)  # pixels, in 256x256 space
@@ -172,6 +173,30 @@ def rescale_points(
     if points.shape[-1] != scale.shape[0]:
         raise ValueError(f"fmt {fmt} needs a last axis of {scale.shape[0]}, got {points.shape}")
     return points * scale
+
+
+def tapvid_video_metrics(
+    query_points: np.ndarray,
+    gt_occluded: np.ndarray,
+    gt_tracks: np.ndarray,
+    pred_occluded: np.ndarray,
+    pred_tracks: np.ndarray,
+    image_hw: tuple[int, int],
+    query_mode: str = "first",
+) -> dict[str, np.ndarray]:
+    """``tapvid_metrics`` of one video in image pixels: query [n,3] (t,y,x), tracks [n,T,2] (x,y).
+
+    Rescales the points from ``image_hw`` to 256x256 and adds the batch axis; returns arrays of
+    shape [1], ready for ``tapvid_mean``.
+    """
+    return tapvid_metrics(
+        rescale_points(query_points, image_hw, fmt="tyx")[None],
+        np.asarray(gt_occluded)[None],
+        rescale_points(gt_tracks, image_hw)[None],
+        np.asarray(pred_occluded)[None],
+        rescale_points(pred_tracks, image_hw)[None],
+        query_mode=query_mode,
+    )
 
 
 # --------------------------------------------------------------------------------------------

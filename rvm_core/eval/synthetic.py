@@ -18,7 +18,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .metrics import davis_summary, rescale_points, tapvid_metrics
+from .metrics import davis_summary, tapvid_video_metrics
 
 # Clips never used for training (the data splits keep them out): the benchmark's sources.
 HELD_OUT_CLIPS = (
@@ -323,14 +323,8 @@ def track_scores(
         q[:, 0] = np.maximum(t_q[keep] - lo, 0)
         gt_tracks, gt_occluded = gt_tracks[keep][:, cols], gt_occluded[keep][:, cols]
         tracks, occluded = tracks[keep][:, cols], occluded[keep][:, cols]
-    qtyx = rescale_points(q[:, [0, 2, 1]], image_hw, fmt="tyx")
-    m = tapvid_metrics(
-        qtyx[None],
-        gt_occluded[None],
-        rescale_points(gt_tracks, image_hw)[None],
-        np.asarray(occluded, bool)[None],
-        rescale_points(tracks, image_hw)[None],
-        query_mode="first",
+    m = tapvid_video_metrics(
+        q[:, [0, 2, 1]], gt_occluded, gt_tracks, np.asarray(occluded, bool), tracks, image_hw
     )
     return {k: float(v[0]) for k, v in m.items()}
 

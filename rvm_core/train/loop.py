@@ -177,8 +177,8 @@ def _train(cfg: TrainConfig, env: DistEnv, resume: bool, save: bool) -> dict[str
 
     # -- model and optimizer ---------------------------------------------------------------
     model = build_model(mc, seed=cfg.run.seed)
-    if cfg.run.init and not resume:  # a resumed run gets them from its checkpoint
-        init_from(model, cfg.run.init)
+    if cfg.run.init and (not resume or latest_checkpoint(run_dir) is None):
+        init_from(model, cfg.run.init)  # a resumed run gets the weights from its checkpoint
     freeze_parameters(model, cfg.optim.freeze)
     n_params = count_parameters(model)
     model = model.to(env.device)
