@@ -102,3 +102,13 @@ def test_side_by_side_compares_an_aged_stream_with_a_fresh_one() -> None:
     late_ms, early_ms = side_by_side(stepper(aged), stepper(fresh), list(range(200)), 200)
     assert len(aged) == 200 and aged[-1] == 199 and fresh == list(range(100))
     assert 1.5 < late_ms / early_ms < 2.6
+
+
+def test_tracker_suite_quick() -> None:
+    """Every stage of the readout benchmark runs (model step, trackers, propagation, full)."""
+    from rvm_core.bench.tracker import bench_tracker
+
+    r = bench_tracker("tiny", (96, 128), tracks=4, frames=2, methods=("rvm", "lk"))
+    assert (r["grid_h"], r["grid_w"], r["dim"]) == (16, 16, 128)  # tiny runs at 128x128
+    for key in ("model_step", "tracker_rvm", "tracker_lk", "propagation", "full_rvm", "full_lk"):
+        assert r[key] > 0, key

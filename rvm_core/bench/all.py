@@ -51,6 +51,11 @@ def _node_suite(quick: bool, threads: int) -> tuple[str, str]:
     return "ok", text
 
 
+def _default_size() -> str:
+    s = peers.peer_size("default")
+    return f"width {s['width']}, {s['layers']} layers, {s['heads']} heads, MLP {s['mlp']}"
+
+
 def _summary(stream: list[dict], peer_rows: list[dict], mfu_res: dict | None) -> str:
     """The headline claims with their targets, one row each."""
     rows: list[list[Any]] = []
@@ -129,8 +134,8 @@ def run(args: argparse.Namespace) -> int:
             "Every frame is one `RVM.step` (PyTorch eager: uint8 frame -> `to_model_input` -> "
             "step, under `torch.inference_mode`) or one `RVMRuntime.step` (ONNX Runtime CPU, the "
             "node's path), state carried over; the same 16 panned photo frames cycle. Random "
-            "weights (cost does not depend on them). `default` = the shipped model (tiny, "
-            "patch 8, 96x128); `S` at 256x256.\n\n"
+            "weights (cost does not depend on them). `default` = the shipped model's "
+            "architecture at its native input; `S` at 256x256.\n\n"
             + streaming.markdown(stream)
             + "\n\n"
             + "\n".join(f"![streaming {r['model']}]({out_name(r)})" for r in stream)
@@ -177,10 +182,11 @@ def run(args: argparse.Namespace) -> int:
             "Hugging Face `transformers` models from configs (random weights, no download): "
             "VideoMAE and V-JEPA 2 (encoder) re-encode the last 16 frames for every new frame "
             "(tubelet 2), DINOv2 encodes each frame. `S` = width 384, 12 layers, 6 heads, MLP "
-            "1536; `default` = the shipped model's 128, 4 layers, 4 heads, MLP 512. Peers and "
-            "`RVM` rows at 256x256, patch 16 (RVM-S; RVM-tiny re-patched to 16); `RVM native` "
-            "= the shipped model as deployed (patch 8, 96x128). Float frames in model layout; "
-            "eval, `torch.inference_mode`, same threads, interleaved rounds, median.\n\n"
+            f"1536; `default` = the shipped model's encoder ({_default_size()}). Peers and "
+            "`RVM` rows at 256x256, patch 16 (RVM-S; the shipped architecture with a linear "
+            "16-px patch embedding); `RVM native` = the shipped model as deployed (its conv "
+            "stem, native input size). Float frames in model layout; eval, "
+            "`torch.inference_mode`, same threads, interleaved rounds, median.\n\n"
             + peers.markdown(peer_rows)
             + "\n\n![peers](peers.png)"
         )

@@ -6,9 +6,11 @@ every new frame re-encodes the last 16 frames (tubelet 2, so 8 x 256 tokens per 
 and DINOv2 run per frame. RVM runs ``RVM.step`` with its state carried over.
 
 Sizes ("equal width/depth"): ``S`` = width 384, 12 layers, 6 heads, MLP 1536 for the peers and
-RVM-S (same encoder plus its 4-layer core); ``default`` = the shipped model's width/depth
-(128, 4 layers, 4 heads, MLP 512) for the peers and RVM-tiny with 16-pixel patches. All at
-256x256, patch 16. RVM's own native setting (tiny, 8-pixel patches at 96x128) is reported too.
+RVM-S (same encoder plus its 4-layer core); ``default`` = the shipped model's encoder width,
+depth, heads and MLP (read from its checkpoint) for the peers, and the shipped architecture
+(encoder + core) with a linear 16-pixel patch embedding for RVM, so every model sees the same
+tokens. All at 256x256, patch 16. RVM as deployed (the shipped model at its native input, its
+conv stem included) is reported too, as ``RVM native``.
 Everything is timed on float frames already in model layout (decoding and resizing are the same
 for all), in eval mode under ``torch.inference_mode`` with the same thread count, interleaved.
 """
@@ -22,10 +24,7 @@ from typing import Any
 from .common import build_rvm, md_table, median_ms, pyplot, save_figure, timed_rounds
 
 WINDOW, TUBELET, PATCH, IMAGE = 16, 2, 16, 256
-SIZES: dict[str, dict[str, int]] = {
-    "S": dict(width=384, layers=12, heads=6, mlp=1536),
-    "default": dict(width=128, layers=4, heads=4, mlp=512),
-}
+S_SIZE = dict(width=384, layers=12, heads=6, mlp=1536)
 QUICK = dict(width=32, layers=1, heads=2, mlp=64)
 QUICK_IMAGE, QUICK_WINDOW = 64, 4
 WINDOWED_MIN_RATIO = 6.0  # clip model / RVM per new frame: at least this (issue #8)
@@ -39,6 +38,18 @@ def vit_flops(tokens: int, patch_in: int, width: int, layers: int, mlp: int, cls
     t = tokens + int(cls)
     patch = 2 * tokens * patch_in * width
     return patch + layers * (_attention(t, t, width) + _mlp(t, width, mlp))
+
+
+def peer_size(name: str) -> dict[str, int]:
+    """Width/depth/heads/MLP of the peers for ``S`` or ``default`` (the shipped model's encoder)."""
+    if name == "S":
+        return dict(S_SIZE)
+    if name != "default":
+        raise ValueError(f"unknown peer size {name!r} (S, default)")
+    from ..checkpoint import DEFAULT_CHECKPOINT, read_config
+
+    c = read_config(DEFAULT_CHECKPOINT)
+    return dict(width=c.width, layers=c.enc_layers, heads=c.enc_heads, mlp=c.enc_mlp)
 
 
 def build_peers(size: dict[str, int], image: int, window: int) -> dict[str, Any]:
@@ -100,7 +111,7 @@ def measure_size(
     from ..flops import step_flops
 
     torch.set_num_threads(threads)
-    size = QUICK if quick else SIZES[name]
+    size = QUICK if quick else peer_size(name)
     image, window = (QUICK_IMAGE, QUICK_WINDOW) if quick else (IMAGE, WINDOW)
     d, layers, mlp = size["width"], size["layers"], size["mlp"]
     n = (image // PATCH) ** 2
@@ -108,10 +119,10 @@ def measure_size(
     if name == "S" and not quick:
         rvms["RVM"] = build_rvm("S")
     else:
-        kw = dict(patch_size=PATCH, image_size=(image, image))
+        kw = dict(patch_size=PATCH, image_size=(image, image), stem="patch")
         if quick:  # the quick RVM shares the peers' quick width and depth
             kw.update(width=d, enc_layers=layers, enc_heads=size["heads"], enc_mlp=mlp)
-        rvms["RVM"] = build_rvm("tiny", quick, **kw)
+        rvms["RVM"] = build_rvm("default", quick, **kw)
         if name == "default":
             rvms["RVM native"] = build_rvm("default", quick)
     peers = build_peers(size, image, window)

@@ -1,7 +1,8 @@
 """``rvm bench tracker``: point tracker + label propagation fps, alone and with the model step.
 
 Input frames are 640x480 (a real frame panned 2 px/frame), features are the model's grid and
-width (tiny: 16x16 x 128). The acceptance target is >= 15 fps for model + tracker + propagation.
+width (the shipped default: 12x16 x 128). The acceptance target is >= 15 fps for model +
+tracker + propagation.
 """
 
 from __future__ import annotations
@@ -12,24 +13,18 @@ from collections.abc import Callable
 
 import numpy as np
 
+from .common import sample_frames
+
 
 def add_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", default="tiny", help="model config name or checkpoint path")
+    p.add_argument(
+        "--config", default="default", help="checkpoint (default: the shipped model) or config name"
+    )
     p.add_argument("--image-size", default="480x640", help="camera frame HxW")
     p.add_argument("--tracks", type=int, default=64)
     p.add_argument("--frames", type=int, default=60, help="timed frames per measurement")
     p.add_argument("--methods", default="rvm,hybrid,lk")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-
-
-def _frames(hw: tuple[int, int], n: int) -> list[np.ndarray]:
-    import cv2
-    from skimage import data
-
-    base = cv2.resize(data.astronaut(), (hw[1] + 2 * n + 8, hw[0] + n + 8))
-    return [
-        np.ascontiguousarray(base[t // 2 : t // 2 + hw[0], 2 * t : 2 * t + hw[1]]) for t in range(n)
-    ]
 
 
 def _fps(step: Callable[[int], None], n: int, warmup: int = 3) -> float:
@@ -42,7 +37,7 @@ def _fps(step: Callable[[int], None], n: int, warmup: int = 3) -> float:
 
 
 def bench_tracker(
-    config: str = "tiny",
+    config: str = "default",
     image_hw: tuple[int, int] = (480, 640),
     tracks: int = 64,
     frames: int = 60,
@@ -57,7 +52,7 @@ def bench_tracker(
     model = _load(config)
     fn = ModelFeatures(model)
     n = frames + 4
-    imgs = _frames(image_hw, n)
+    imgs = list(sample_frames(image_hw, n))
     feats = [fn(f) for f in imgs]
     grid, dim = feats[0].shape[:2], feats[0].shape[2]
     rng = np.random.default_rng(0)
