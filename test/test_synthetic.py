@@ -124,6 +124,26 @@ def test_eval_synthetic_command(tmp_path: Path, capsys) -> None:
     assert "stereo AJ" in capsys.readouterr().out
 
 
+def test_eval_synthetic_compares_several_checkpoints(tmp_path: Path) -> None:
+    """Repeated --checkpoint: one row per run (the ablation table), labelled by run directory."""
+    from rvm_core.checkpoint import build_model, save_model
+
+    small = dict(width=32, enc_layers=1, enc_heads=2, enc_mlp=64, core_layers=1, core_heads=2)
+    paths = []
+    for name, extra in (("base", {}), ("attn", {"aggregator": "attention"})):
+        (tmp_path / name).mkdir()
+        paths.append(tmp_path / name / "model.safetensors")
+        save_model(build_model("tiny", seed=0, dec_layers=0, **small, **extra), paths[-1])
+    out = tmp_path / "r.json"
+    args = ["eval", "synthetic", "--frames", "4", "--image-size", "96x128", "--methods", "rvm"]
+    args += ["--sequences", "1", "--root", str(tmp_path / "none"), "--json", str(out)]
+    args += ["--no-stereo", "--checkpoint", str(paths[0]), "--checkpoint", str(paths[1])]
+    assert main(args) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert {(r["method"], r["features"]) for r in rows} == {("rvm", "base"), ("rvm", "attn")}
+    assert all(r["JF_mean"] is not None for r in rows)
+
+
 def _fake_tapvid() -> dict:
     rng = np.random.default_rng(0)
     video = rng.integers(0, 255, (6, 48, 64, 3), dtype=np.uint8)

@@ -194,7 +194,11 @@ def cmd_propagate(args: argparse.Namespace) -> int:
 def eval_args(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="benchmark", required=True, metavar="benchmark")
     s = sub.add_parser("synthetic", help="exact-GT tracking + propagation benchmark")
-    s.add_argument("--checkpoint", default=None, help="trained checkpoint (or config = random)")
+    s.add_argument(
+        "--checkpoint",
+        action="append",
+        help="trained checkpoint (or config = random); repeat to compare several (rows by run)",
+    )
     s.add_argument("--random-baseline", action="store_true", help="also random weights")
     s.add_argument("--methods", default="rvm,hybrid,lk,pixels", help="readouts and baselines")
     s.add_argument("--frames", type=int, default=48, help="frames per sequence (long: 300)")
@@ -253,28 +257,38 @@ def _fmt(v: float | None) -> str:
 
 
 # .. synthetic ...................................................................................
-def _synthetic_sources(args: argparse.Namespace, methods: set[str]) -> dict[str, Callable]:
-    """Feature source factories by label: trained / random / pixels (fresh state per video)."""
-    sources: dict[str, Callable[[], FeatureFn]] = {}
-    ckpt = args.checkpoint
-    if ckpt is None:
-        from ..checkpoint import DEFAULT_CHECKPOINT, load_model
+def _checkpoint_label(path: str, taken: dict) -> str:
+    """Row label of one of several checkpoints: its run directory (or file) name, unique."""
+    p = Path(path)
+    label = p.parent.name if p.name == "model.safetensors" else p.stem
+    return label if label not in taken else f"{label}#{len(taken)}"
 
-        if DEFAULT_CHECKPOINT.is_file():  # the shipped default model, once it exists
-            model = load_model(DEFAULT_CHECKPOINT, device=args.device)
-        else:
-            model = None
-            ckpt = "tiny"
-            print("no --checkpoint and no default model: random 'tiny' weights only")
-    else:
-        model = _load(ckpt, args.device)
+
+def _synthetic_sources(args: argparse.Namespace, methods: set[str]) -> dict[str, Callable]:
+    """Feature source factories by label: trained (or one per checkpoint) / random / pixels."""
     from ..config import CONFIGS
 
+    sources: dict[str, Callable[[], FeatureFn]] = {}
     size = _model_size(args.size)
-    if model is not None and ckpt not in CONFIGS:
-        sources["trained"] = lambda: ModelFeatures(model, size=size, device=args.device)
-    if args.random_baseline or ckpt in CONFIGS or model is None:
-        base = model if model is not None else _load(ckpt, args.device)
+    ckpts = list(args.checkpoint or [])
+    if not ckpts:
+        from ..checkpoint import DEFAULT_CHECKPOINT
+
+        if DEFAULT_CHECKPOINT.is_file():  # the shipped default model
+            ckpts = [str(DEFAULT_CHECKPOINT)]
+        else:
+            print("no --checkpoint and no default model: random 'tiny' weights only")
+            ckpts = ["tiny"]
+    models = {}
+    for ckpt in ckpts:
+        model = _load(ckpt, args.device)
+        if ckpt in CONFIGS:  # a config name: random weights only
+            continue
+        label = "trained" if len(ckpts) == 1 else _checkpoint_label(ckpt, models)
+        models[label] = model
+        sources[label] = lambda m=model: ModelFeatures(m, size=size, device=args.device)
+    if args.random_baseline or not models:
+        base = next(iter(models.values()), None) or _load(ckpts[0], args.device)
         rnd = _random_like(base, seed=args.seed)
         sources["random"] = lambda: ModelFeatures(rnd, size=size, device=args.device)
     if "pixels" in methods:
