@@ -254,7 +254,9 @@ def _tapvid(truth: dict, pred_xy: np.ndarray, pred_occ: np.ndarray, hw: tuple) -
 # -- command line ------------------------------------------------------------------------------
 def bag_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("bag", help="input rosbag2 (directory or .mcap/.db3)")
-    p.add_argument("--checkpoint", required=True, help="exported ONNX model")
+    p.add_argument(
+        "--checkpoint", default=None, help="exported ONNX model (default: the shipped one)"
+    )
     p.add_argument("--image-topic", default=None, help="image topic (default: the only one)")
     p.add_argument("--out", default=None, help="output bag with FeatureMap/PointTracks")
     p.add_argument("--gt", default=None, help="ground-truth tracks .npz (default BAG.tracks.npz)")
@@ -291,10 +293,12 @@ def flatten_parameters(params: dict[str, Any], prefix: str = "") -> dict[str, An
 
 
 def cmd_bag_eval(args: argparse.Namespace) -> int:
+    from rvm_ros.launch_args import default_model_path
+
     cfg, dtype = pipeline_config_from_yaml(args.params)
     s = bag_eval(
         args.bag,
-        args.checkpoint,
+        args.checkpoint or default_model_path(),
         out=args.out,
         image_topic=args.image_topic,
         gt=args.gt,

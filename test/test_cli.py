@@ -91,3 +91,35 @@ def test_features_rejects_bad_size(official_npz, tmp_path, capsys):
     args = ["features", str(tmp_path / "clip.npy"), "--checkpoint", str(official_npz)]
     assert main([*args, "--out", str(tmp_path / "f.npy"), "--size", "30x40"]) == 1
     assert "not a multiple of the patch size 16" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["features", "v.mp4", "--out", "f.npy"],
+        ["export-onnx", "--out", "m.onnx", "--input-size", "480x640"],
+        ["track", "v.mp4", "--queries", "q.csv", "--out", "t.npz"],
+        ["propagate", "v.mp4", "--first-mask", "m.png", "--out", "m.npy"],
+        ["eval", "tapvid", "data.npz"],
+        ["eval", "davis", "davis/"],
+    ],
+)
+def test_checkpoint_defaults_to_the_shipped_model(argv):
+    from rvm_core.checkpoint import DEFAULT_CHECKPOINT, resolve_checkpoint
+    from rvm_core.cli import build_parser
+
+    args = build_parser().parse_args(argv)
+    assert DEFAULT_CHECKPOINT.is_file()
+    assert resolve_checkpoint(args.checkpoint) == DEFAULT_CHECKPOINT
+
+
+def test_track_without_checkpoint_runs_the_shipped_model(tmp_path):
+    video = tmp_path / "v.npy"
+    rng = np.random.default_rng(0)
+    np.save(video, rng.integers(0, 255, (3, 96, 128, 3), dtype=np.uint8))
+    (tmp_path / "q.csv").write_text("t,x,y\n0,40,30\n")
+    out = tmp_path / "t.npz"
+    argv = ["track", str(video), "--queries", str(tmp_path / "q.csv"), "--out", str(out)]
+    assert main(argv + ["--method", "rvm"]) == 0
+    with np.load(out) as r:
+        assert r["tracks"].shape == (1, 3, 2) and r["occluded"].shape == (1, 3)

@@ -87,8 +87,6 @@ def _feature_fn(args: argparse.Namespace) -> FeatureFn | None:
     """The feature source selected by --features/--checkpoint for track/propagate."""
     if args.features == "pixels":
         return PixelFeatures(_pixel_grid(args))
-    if not args.checkpoint:
-        raise ValueError("--checkpoint is required for model features (or use --features pixels)")
     model = _load(args.checkpoint, args.device)
     return ModelFeatures(model, size=_model_size(args.size), device=args.device)
 
@@ -100,7 +98,9 @@ def _pixel_grid(args: argparse.Namespace) -> tuple[int, int]:
 
 
 def _common_feature_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", default=None, help="checkpoint, or a config name = random")
+    p.add_argument(
+        "--checkpoint", default="default", help="checkpoint (default: shipped), config = random"
+    )
     p.add_argument("--features", choices=("model", "pixels"), default="model")
     p.add_argument("--pixel-grid", default=None, help="grid HxW of --features pixels (16x16)")
     p.add_argument("--size", default=None, help="model input HxW (default: the model's)")
@@ -213,7 +213,7 @@ def eval_args(p: argparse.ArgumentParser) -> None:
     _eval_common(s)
     t = sub.add_parser("tapvid", help="TAP-Vid (DAVIS/Kinetics pickle, or .npz) point tracking")
     t.add_argument("data", help="TAP-Vid .pkl / .npz file or a folder of them")
-    t.add_argument("--checkpoint", default=None)
+    t.add_argument("--checkpoint", default="default", help="default: the shipped model")
     t.add_argument("--method", choices=METHODS, default="hybrid")
     t.add_argument("--features", choices=("model", "pixels"), default="model")
     t.add_argument("--query-mode", choices=("first", "strided"), default="first")
@@ -224,7 +224,7 @@ def eval_args(p: argparse.ArgumentParser) -> None:
     _eval_common(t)
     d = sub.add_parser("davis", help="DAVIS-2017 semi-supervised label propagation (J&F)")
     d.add_argument("data", help="DAVIS-2017 root (JPEGImages/480p, Annotations/480p, ImageSets)")
-    d.add_argument("--checkpoint", default=None)
+    d.add_argument("--checkpoint", default="default", help="default: the shipped model")
     d.add_argument("--features", choices=("model", "pixels"), default="model")
     d.add_argument("--split", default="val")
     d.add_argument("--max-sequences", type=int, default=None)
@@ -489,7 +489,7 @@ def eval_davis(args: argparse.Namespace) -> int:
     from .metrics import DAVIS_VOID_LABEL, davis_aggregate, davis_summary
 
     args.pixel_grid = getattr(args, "pixel_grid", None)
-    if args.features == "model" and args.size is None and args.checkpoint:
+    if args.features == "model" and args.size is None:
         # The paper's DAVIS resolution 480x880 = a 30x55 grid at patch 16: keep that grid.
         model = _load(args.checkpoint, args.device)
         p = model.config.patch_size
