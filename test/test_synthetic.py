@@ -14,7 +14,7 @@ from skimage import data
 
 from rvm_core.cli import main
 from rvm_core.eval.datasets import read_davis, read_label_png, read_tapvid, tapvid_queries
-from rvm_core.eval.synthetic import SyntheticConfig, make_sequence, track_scores
+from rvm_core.eval.synthetic import SyntheticConfig, make_sequence, range_queries, track_scores
 
 SMALL = SyntheticConfig(num_frames=10, image_hw=(96, 128), grid=4, seed=3)
 
@@ -122,6 +122,22 @@ def test_eval_synthetic_command(tmp_path: Path, capsys) -> None:
     assert {("lk", "none"), ("rvm", "random"), ("hybrid", "pixels")} <= keys
     assert all(0 <= r["average_jaccard"] <= 1 for r in rows)
     assert "stereo AJ" in capsys.readouterr().out
+
+
+def test_range_queries_start_where_each_range_starts(tmp_path: Path) -> None:
+    gt = np.random.default_rng(0).uniform(0, 50, (3, 10, 2))
+    occ = np.zeros((3, 10), bool)
+    occ[1, 5] = True  # not visible at the second range's first frame: no query there
+    q, src, which = range_queries(gt, occ, [(1, 4), (5, 10), (20, 30)])
+    assert src.tolist() == [0, 1, 2, 0, 2] and which.tolist() == [0, 0, 0, 1, 1]
+    assert np.allclose(q[3], [5, *gt[0, 5]]) and (q[:3, 0] == 1).all()
+    out = tmp_path / "r.json"
+    args = ["eval", "synthetic", "--checkpoint", "tiny", "--frames", "8", "--methods", "rvm,lk"]
+    args += ["--image-size", "96x128", "--sequences", "1", "--root", str(tmp_path / "none")]
+    args += ["--ranges", "1:4,4:8", "--range-queries", "--no-stereo", "--json", str(out)]
+    assert main(args) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert all(0 <= r["AJ[4:8]"] <= 1 for r in rows)
 
 
 def test_eval_synthetic_compares_several_checkpoints(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ import dataclasses
 import json
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -205,6 +206,11 @@ def eval_args(p: argparse.ArgumentParser) -> None:
     s.add_argument("--sequences", type=int, default=None, help="limit the number of sequences")
     s.add_argument("--image-size", default="480x640", help="benchmark frame HxW")
     s.add_argument("--ranges", default=None, help="frame ranges to score apart, e.g. 1:100,200:300")
+    s.add_argument(
+        "--range-queries",
+        action="store_true",
+        help="query each range afresh at its first frame (feature stability over a long stream)",
+    )
     s.add_argument("--no-stereo", action="store_true", help="skip the Middlebury stereo pair")
     s.add_argument("--no-propagation", action="store_true")
     s.add_argument("--root", default="data/real", help="folder holding the held-out clips")
@@ -326,7 +332,13 @@ def _parse_ranges(text: str | None) -> list[tuple[int, int]]:
 
 def eval_synthetic(args: argparse.Namespace) -> int:
     from ..preprocess import parse_size
-    from .synthetic import SyntheticConfig, make_benchmark, mask_scores, track_scores
+    from .synthetic import (
+        SyntheticConfig,
+        make_benchmark,
+        mask_scores,
+        range_queries,
+        track_scores,
+    )
 
     methods = {m.strip() for m in args.methods.split(",") if m.strip()}
     unknown = methods - {"rvm", "hybrid", "lk", "pixels"}
@@ -347,9 +359,21 @@ def eval_synthetic(args: argparse.Namespace) -> int:
         m = track_scores(q, gt, gto, tr, occ, hw)
         for name in ("average_jaccard", "average_pts_within_thresh", "occlusion_accuracy"):
             record(key, prefix + name, m[name])
-        for a, b in ranges if not prefix else []:
+        for a, b in ranges if not prefix and not args.range_queries else []:
             if b <= gt.shape[1]:
                 r = track_scores(q, gt, gto, tr, occ, hw, frame_range=(a, b))
+                record(key, f"AJ[{a}:{b}]", r["average_jaccard"])
+                record(key, f"delta[{a}:{b}]", r["average_pts_within_thresh"])
+
+    def score_fresh_queries(key, track, gt, gto, hw):
+        """--range-queries: new queries at each range's first frame, scored on that range."""
+        q, src, which = range_queries(gt, gto, ranges)
+        tr, occ, _ = track(q)
+        for i, (a, b) in enumerate(ranges):
+            sel = which == i
+            if b <= gt.shape[1] and sel.any():
+                g, go = gt[src[sel]], gto[src[sel]]
+                r = track_scores(q[sel], g, go, tr[sel], occ[sel], hw, frame_range=(a, b))
                 record(key, f"AJ[{a}:{b}]", r["average_jaccard"])
                 record(key, f"delta[{a}:{b}]", r["average_pts_within_thresh"])
 
@@ -358,20 +382,25 @@ def eval_synthetic(args: argparse.Namespace) -> int:
     for seq in make_benchmark(config, root=args.root, max_sequences=args.sequences):
         videos.append(seq.name)
         hw = seq.frames.shape[1:3]
+        fresh = bool(ranges and args.range_queries)
         if "lk" in methods:
-            tr, occ, _ = track_video(
-                seq.query_points, frames=seq.frames, config=_tracker_config("lk", args.tracker)
+            track_lk = partial(
+                track_video, frames=seq.frames, config=_tracker_config("lk", args.tracker)
             )
+            tr, occ, _ = track_lk(seq.query_points)
             score_tracks(("lk", "none"), seq.query_points, seq.tracks, seq.occluded, tr, occ, hw)
+            if fresh:
+                score_fresh_queries(("lk", "none"), track_lk, seq.tracks, seq.occluded, hw)
         for label, make in sources.items():
             fn = make()
             feats = [fn(f) for f in seq.frames]
             for r in readouts:
                 cfg = _tracker_config(r, args.tracker)
-                tr, occ, _ = track_video(
-                    seq.query_points, frames=seq.frames, features=feats, config=cfg
-                )
+                track = partial(track_video, frames=seq.frames, features=feats, config=cfg)
+                tr, occ, _ = track(seq.query_points)
                 score_tracks((r, label), seq.query_points, seq.tracks, seq.occluded, tr, occ, hw)
+                if fresh:
+                    score_fresh_queries((r, label), track, seq.tracks, seq.occluded, hw)
             if not args.no_propagation:
                 pred = propagate_labels(feats, seq.labels[0], _prop_config(args.propagation))
                 js = mask_scores(seq.labels, pred)
@@ -434,7 +463,13 @@ def eval_synthetic(args: argparse.Namespace) -> int:
         print(f"{row['method']:<8} | {row['features']:<8} | {vals}")
     _write_json(
         args.json,
-        {"config": dataclasses.asdict(config), "videos": videos, "rows": table},
+        {
+            "config": dataclasses.asdict(config),
+            "ranges": ranges,
+            "range_queries": bool(args.range_queries),
+            "videos": videos,
+            "rows": table,
+        },
     )
     return 0
 

@@ -329,6 +329,27 @@ def track_scores(
     return {k: float(v[0]) for k, v in m.items()}
 
 
+def range_queries(
+    gt_tracks: np.ndarray, gt_occluded: np.ndarray, ranges: Sequence[tuple[int, int]]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Queries (t, x, y) at each range's first frame for the points visible there.
+
+    Returns (queries [M,3], their ground-truth row [M], their range index [M]); ranges past the
+    end of the video get no queries.
+    """
+    q, src, which = [], [], []
+    for i, (a, _) in enumerate(ranges):
+        if a >= gt_tracks.shape[1]:
+            continue
+        rows = np.flatnonzero(~gt_occluded[:, a])
+        q.append(np.concatenate([np.full((len(rows), 1), float(a)), gt_tracks[rows, a]], 1))
+        src.append(rows)
+        which.append(np.full(len(rows), i))
+    if not q:
+        return np.zeros((0, 3)), np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return np.concatenate(q), np.concatenate(src), np.concatenate(which)
+
+
 def mask_scores(gt_labels: np.ndarray, pred_labels: np.ndarray) -> dict[str, float]:
     """DAVIS-2017 J&F of one sequence (scalars only)."""
     s = davis_summary(gt_labels, pred_labels)
