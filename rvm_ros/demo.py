@@ -117,14 +117,14 @@ def run_demo(
     from rvm_ros.bag_eval import pipeline_config_from_yaml
     from rvm_ros.image_codec import encode_image
     from rvm_ros.msg import FeatureMap, NodeStats, PointTracks
-    from rvm_ros.node import RVMNode, load_runtime
+    from rvm_ros.node import PARAMETERS, RVMNode, load_runtime
 
     fps = rate or probe_video(clip).fps or 10.0
     frames = read_video(clip, max_frames=max(2, int(round(seconds * fps))))
     hw = frames.shape[1:3]
     model_path = ensure_model(model, hw, REPO / "runs" / "cache")
     out_dir.mkdir(parents=True, exist_ok=True)
-    runtime, info = load_runtime(str(model_path), device)
+    runtime, info = load_runtime(str(model_path), device, threads=PARAMETERS["threads"][0])
     _, feature_dtype = pipeline_config_from_yaml(None)
 
     topic = "/camera/image_raw"

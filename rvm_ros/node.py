@@ -171,7 +171,9 @@ def _descriptor(
 PARAMETERS: dict[str, tuple[Any, str, tuple[float, float] | None]] = {
     "model_path": ("", "ONNX model file (empty: $RVM_MODEL, else the shipped default)", None),
     "device": ("auto", "ONNX Runtime device: auto | cpu | cuda | tensorrt", None),
-    "threads": (0, "ONNX Runtime intra-op threads (0: one per core)", (0, 1024)),
+    # 1 by default: the shipped model steps faster on one thread than on two (9.8 vs 11.9 ms,
+    # `rvm bench runtime` / `bench all`) and the tracker and executor keep the other core.
+    "threads": (1, "ONNX Runtime intra-op threads (0: one per core)", (0, 1024)),
     "image_topics": (
         ["image"],
         "camera topics (sensor_msgs/Image; '.../compressed': jpeg/png)",
