@@ -83,6 +83,8 @@ def test_all_quick_writes_report(tmp_path: Path) -> None:
     assert report.startswith("# Performance")
     for heading in ("## Summary", "## Streaming cost", "## Model FLOPs", "## Recurrent core"):
         assert heading in report
+    assert "## ONNX Runtime vs PyTorch eager, one thread" in report and "## Readouts" in report
+    assert "ORT / eager step, RVM default-quick" in report and "tracker + propagation" in report
     for png in ("streaming_default.png", "mfu.png", "aggregator.png"):
         assert f"({png})" in report and (tmp_path / png).is_file()
 

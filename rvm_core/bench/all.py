@@ -2,8 +2,9 @@
 
 Runs, in this order (streaming first, so its memory trace starts in a fresh process):
 streaming cost vs length, model FLOPs utilisation, recurrent core vs attention aggregator,
-peers (VideoMAE, V-JEPA 2, DINOv2), and the ROS 2 node suite when one is registered (as a
-subprocess, so its threads and environment are its own). Every figure in the report is a ratio
+peers (VideoMAE, V-JEPA 2, DINOv2), ONNX Runtime vs eager on one thread, the readouts (tracker +
+propagation fps), and the ROS 2 node suite when one is registered (as a subprocess, so its
+threads and environment are its own). Every figure in the report is a ratio
 or sits next to its same-run baseline; the report starts with the command, date and machine.
 """
 
@@ -17,10 +18,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import aggregator, mfu, peers, streaming
+from . import aggregator, mfu, peers, runtime, streaming, tracker
 from .common import command_line, machine_info, md_table
 
 NODE_TIMEOUT_S = 1800
+RUNTIME_TARGETS = {"default": 1.3, "S": 1.1}  # ORT / eager step (issue #4)
 
 
 def _node_suite(quick: bool, threads: int) -> tuple[str, str]:
@@ -56,7 +58,9 @@ def _default_size() -> str:
     return f"width {s['width']}, {s['layers']} layers, {s['heads']} heads, MLP {s['mlp']}"
 
 
-def _summary(stream: list[dict], peer_rows: list[dict], mfu_res: dict | None) -> str:
+def _summary(
+    stream: list[dict], peer_rows: list[dict], mfu_res: dict | None, extra: list[list[Any]]
+) -> str:
     """The headline claims with their targets, one row each."""
     rows: list[list[Any]] = []
     for r in stream:
@@ -95,7 +99,7 @@ def _summary(stream: list[dict], peer_rows: list[dict], mfu_res: dict | None) ->
                     "",
                 ]
             )
-    return md_table(["claim", "measured", "target", ""], rows)
+    return md_table(["claim", "measured", "target", ""], rows + extra)
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
@@ -106,7 +110,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--threads", type=int, default=2, help="torch threads = ORT intra-op threads")
     p.add_argument(
-        "--skip", default="", help="suites to leave out: streaming,mfu,aggregator,peers,node"
+        "--skip",
+        default="",
+        help="suites to leave out: streaming,mfu,aggregator,peers,runtime,tracker,node",
     )
     p.add_argument("--quick", action="store_true", help="a smoke run on tiny settings (tests)")
 
@@ -191,6 +197,62 @@ def run(args: argparse.Namespace) -> int:
             + "\n\n![peers](peers.png)"
         )
 
+    extra: list[list[Any]] = []
+    if "runtime" not in skip:
+        # One thread: the comparison of issue #4 (per-op overhead vs kernels, no OpenMP barriers).
+        print("[bench all] runtime (ORT vs eager, 1 thread)", flush=True)
+        sizes = ["default"] if quick else ["default", "S"]
+        rt_rows, _ = runtime.bench_runtime(
+            sizes, frames=3 if quick else 10, rounds=2 if quick else 5, threads=1, quick=quick
+        )
+        sections.append(
+            "## ONNX Runtime vs PyTorch eager, one thread (`rvm bench runtime --threads 1`)\n\n"
+            "The deployed `RVMRuntime.step` against `to_model_input` + `RVM.step` under "
+            "`torch.inference_mode`, interleaved rounds, median ms per step; `onnx` = the "
+            "portable export, `ort` = the MultiHeadAttention contrib-op export.\n\n"
+            f"```text\n{runtime.format_table(rt_rows)}\n```"
+        )
+        for r in rt_rows:
+            target = RUNTIME_TARGETS.get(r["model"].removesuffix("-quick"), 1.0)
+            extra.append(
+                [
+                    f"ORT / eager step, RVM {r['model']} ({r['attention']} export), 1 thread",
+                    f"{r['speedup']:.2f}x",
+                    f">= {target:g}x",
+                    "met" if r["speedup"] >= target else "missed",
+                ]
+            )
+
+    if "tracker" not in skip:
+        print("[bench all] tracker + propagation", flush=True)
+        from rvm_ros.node import limit_blas_threads
+
+        limit_blas_threads(1)  # as the node runs its readouts (rvm_core/bench/tracker.py)
+        hw = (96, 128) if quick else (480, 640)
+        tr = tracker.bench_tracker("default", hw, 4 if quick else 64, 2 if quick else 60)
+        sections.append(
+            f"## Readouts (`rvm bench tracker`): {hw[1]}x{hw[0]} frames, "
+            f"{4 if quick else 64} tracks, the shipped model (PyTorch step)\n\n"
+            + md_table(
+                ["stage", "fps", "ms / frame"],
+                [
+                    [k, f"{v:.1f}", f"{1000 / v:.1f}"]
+                    for k, v in tr.items()
+                    if k.endswith(("step", "rvm", "hybrid", "lk", "propagation"))
+                ],
+            )
+        )
+        for method in ("rvm", "hybrid", "lk"):
+            fps = tr[f"full_{method}"]
+            extra.append(
+                [
+                    f"model + {method} tracker + propagation, {hw[1]}x{hw[0]}",
+                    f"{fps:.1f} fps",
+                    ">= 15 fps",
+                    "met" if fps >= 15 else "missed",
+                ]
+            )
+
     if "node" not in skip:
         print("[bench all] node", flush=True)
         status, text = _node_suite(quick, threads)
@@ -213,8 +275,8 @@ def run(args: argparse.Namespace) -> int:
         ),
         "",
     ]
-    if stream or peer_rows or mfu_res:
-        header += ["## Summary", "", _summary(stream, peer_rows, mfu_res), ""]
+    if stream or peer_rows or mfu_res or extra:
+        header += ["## Summary", "", _summary(stream, peer_rows, mfu_res, extra), ""]
     report = out / "performance.md"
     report.write_text("\n".join(header) + "\n" + "\n\n".join(sections) + "\n")
     print(report.read_text())
