@@ -30,20 +30,19 @@ _LAYOUT = [
 ]
 
 
+def _names(feature: int, conv: int) -> tuple[str, str]:
+    """torchvision key prefixes of a conv and the batch norm after it."""
+    pre = "features.0" if feature == 0 else f"features.{feature}.conv"
+    return f"{pre}.{conv}", f"{pre}.{conv + 1}"
+
+
 def _random_torchvision_weights(seed: int = 0) -> dict[str, torch.Tensor]:
     """A torchvision-layout state dict (conv + BN with non-trivial running statistics)."""
     g = torch.Generator().manual_seed(seed)
     sd: dict[str, torch.Tensor] = {}
     for f, convs in _LAYOUT:
         for c, out, cin, k, _, _ in convs:
-            conv, bn = (
-                (f"features.0.{c}", f"features.0.{c + 1}")
-                if f == 0
-                else (
-                    f"features.{f}.conv.{c}",
-                    f"features.{f}.conv.{c + 1}",
-                )
-            )
+            conv, bn = _names(f, c)
             sd[conv + ".weight"] = torch.randn(out, cin, k, k, generator=g) / (cin * k * k) ** 0.5
             sd[bn + ".weight"] = 1 + 0.2 * torch.randn(out, generator=g)
             sd[bn + ".bias"] = 0.1 * torch.randn(out, generator=g)
@@ -59,14 +58,7 @@ def _reference(sd: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
     for f, convs in _LAYOUT:
         inp = x
         for n, (c, _, _, k, stride, groups) in enumerate(convs):
-            conv, bn = (
-                (f"features.0.{c}", f"features.0.{c + 1}")
-                if f == 0
-                else (
-                    f"features.{f}.conv.{c}",
-                    f"features.{f}.conv.{c + 1}",
-                )
-            )
+            conv, bn = _names(f, c)
             x = F.conv2d(x, sd[conv + ".weight"], None, stride, k // 2, 1, groups)
             x = F.batch_norm(
                 x, sd[bn + ".running_mean"], sd[bn + ".running_var"], sd[bn + ".weight"],

@@ -286,15 +286,16 @@ def _synthetic_sources(args: argparse.Namespace, methods: set[str]) -> dict[str,
             print("no --checkpoint and no default model: random 'tiny' weights only")
             ckpts = ["tiny"]
     models = {}
+    base = None  # the architecture of the random baseline: the first model loaded
     for ckpt in ckpts:
         model = _load(ckpt, args.device)
+        base = base or model
         if ckpt in CONFIGS:  # a config name: random weights only
             continue
         label = "trained" if len(ckpts) == 1 else _checkpoint_label(ckpt, models)
         models[label] = model
         sources[label] = lambda m=model: ModelFeatures(m, size=size, device=args.device)
     if args.random_baseline or not models:
-        base = next(iter(models.values()), None) or _load(ckpts[0], args.device)
         rnd = _random_like(base, seed=args.seed)
         sources["random"] = lambda: ModelFeatures(rnd, size=size, device=args.device)
     if "pixels" in methods:
