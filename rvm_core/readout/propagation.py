@@ -31,8 +31,9 @@ class PropagationConfig:
     use_first: bool = True
     # Subtract each frame's mean feature before normalising (not in the paper's protocol: set
     # False to reproduce it). Weakly trained recurrent states share a large common component
-    # that makes every cosine ~1; measured on the synthetic benchmark with an early default
-    # model: J&F 0.18 -> 0.46 (vtest), 0.001 -> 0.16 (cockatoo).
+    # that makes every cosine ~1; measured with a one-off script on the synthetic
+    # benchmark and an early default-model checkpoint: J&F 0.18 -> 0.46 (vtest),
+    # 0.001 -> 0.16 (cockatoo).
     center: bool = True
     label_downsample: str = "bilinear"  # or "area" / "nearest"
     upsample: str = "bilinear"  # or "nearest"
