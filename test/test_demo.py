@@ -29,12 +29,22 @@ def test_demo_records_draws_and_summarises(tmp_path, capsys):
         line,
     )
     assert m, line
-    published, processed = int(m[1]), int(m[2])
-    assert published == 20 and processed >= 0.8 * published
+    published, processed, dropped = int(m[1]), int(m[2]), int(m[3])
+    # How many frames keep up depends on machine load (keeping up is `rvm bench node`'s job);
+    # what must hold under any load: every frame is processed, dropped or lost to keep-last-1
+    # QoS, never more, and processing went on through the clip (checked on the bag below).
+    assert published == 20 and 2 <= processed and processed + dropped <= published
     assert int(m[8]) == 64  # the 8x8 auto-seeded grid
     bag = tmp_path / "rvm_demo.mcap"
     with AnyReader([bag], default_typestore=typestore()) as reader:
         counts = {c.topic: c.msgcount for c in reader.connections}
+        feats = [c for c in reader.connections if c.topic.endswith("/rvm/features")]
+        stamps = [
+            reader.deserialize(raw, c.msgtype).header.stamp
+            for c, _, raw in reader.messages(connections=feats)
+        ]
+    span_s = (stamps[-1].sec - stamps[0].sec) + (stamps[-1].nanosec - stamps[0].nanosec) * 1e-9
+    assert span_s >= 1.0  # features for frames across the 2 s clip, not only its start
     assert counts["/camera/image_raw/rvm/features"] == processed
     assert counts["/camera/image_raw/rvm/tracks"] == processed
     strip = cv2.imread(str(tmp_path / "demo_strip.png"))
