@@ -28,9 +28,11 @@ if TYPE_CHECKING:  # torch is imported lazily: `rvm` (whose parser imports this)
 
     from .model import RVM
 
-# Opset 18: LayerNormalization (17) is native; no opset-23 Attention op, which ONNX Runtime runs
-# on the CPU only (breaking CUDA graphs). Opsets up to 22 are accepted.
-DEFAULT_OPSET = 18
+# Opset 20: LayerNormalization (17) and Gelu (20) are single ops, so the tanh GELU is one kernel
+# instead of ~9 memory-bound elementwise ops (measured: ORT step for S at 256x256 13% faster
+# than opset 18); no opset-23 Attention op, which ONNX Runtime runs on the CPU only (breaking
+# CUDA graphs). Opsets up to 22 are accepted.
+DEFAULT_OPSET = 20
 MAX_OPSET = 22
 ATTENTION_MODES = ("onnx", "ort")
 DEFAULT_ATTENTION = "onnx"

@@ -145,6 +145,7 @@ def test_graph_io_opset_and_metadata(model, tmp_path: Path) -> None:
     assert opsets.get("", opsets.get("ai.onnx")) <= 22
     ops = {(n.domain or "ai.onnx", n.op_type) for n in proto.graph.node}
     assert ("ai.onnx", "Attention") not in ops  # opset-23 Attention breaks CUDA graphs
+    assert ("ai.onnx", "Gelu") in ops and ("ai.onnx", "Tanh") not in ops  # one fused GELU op
 
     def io(values) -> dict:
         out = {}
