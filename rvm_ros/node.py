@@ -118,7 +118,9 @@ class ModelInfo:
     input_hw: tuple[int, int] | None  # the graph's fixed camera size (H, W)
 
 
-def load_runtime(path: str, device: str, threads: int = 0) -> tuple[Any, ModelInfo]:
+def load_runtime(
+    path: str, device: str, threads: int = 0, warmup: int = -1
+) -> tuple[Any, ModelInfo]:
     """Open the ONNX model -> (runtime, info); raises ModelLoadError with a one-line reason."""
 
     if not path:
@@ -128,7 +130,9 @@ def load_runtime(path: str, device: str, threads: int = 0) -> tuple[Any, ModelIn
     try:
         from rvm_ros.runtime import RVMRuntime
 
-        runtime = RVMRuntime(path, device=device, threads=threads or None)
+        runtime = RVMRuntime(
+            path, device=device, threads=threads or None, warmup=None if warmup < 0 else warmup
+        )
     except Exception as exc:  # onnxruntime raises several types; one line is all we show
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ModelLoadError(f"cannot load model '{path}': {reason[:300]}") from exc
@@ -174,6 +178,11 @@ PARAMETERS: dict[str, tuple[Any, str, tuple[float, float] | None]] = {
     # 1 by default: the shipped model steps faster on one thread than on two (9.8 vs 11.9 ms,
     # `rvm bench runtime` / `bench all`) and the tracker and executor keep the other core.
     "threads": (1, "ONNX Runtime intra-op threads (0: one per core)", (0, 1024)),
+    "warmup_steps": (
+        -1,
+        "extra steps on a camera's first frame after a (re)start; -1: the model's (warm start)",
+        (-1, 100),
+    ),
     "image_topics": (
         ["image"],
         "camera topics (sensor_msgs/Image; '.../compressed': jpeg/png)",
@@ -246,7 +255,7 @@ class RVMNode(Node):
         self.params = p
         if runtime is None:
             path = p["model_path"] or default_model_path()
-            runtime, self.model = load_runtime(path, p["device"], p["threads"])
+            runtime, self.model = load_runtime(path, p["device"], p["threads"], p["warmup_steps"])
         else:
             self.model = model_info(runtime)
         self.runtime = runtime

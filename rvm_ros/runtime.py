@@ -50,6 +50,7 @@ class ModelMetadata:
     compute_dtype: str
     state_shape: tuple[int, ...]
     attention: str
+    warmup_steps: int  # extra steps on a stream's first frame (0 in files without the key)
     config: dict[str, Any]
     version: str
 
@@ -78,6 +79,7 @@ class ModelMetadata:
             compute_dtype=get("compute_dtype"),
             state_shape=tuple(json.loads(get("state_shape"))),
             attention=get("attention"),
+            warmup_steps=int(props.get("rvm.warmup_steps", 0)),
             config=json.loads(get("config")),
             version=get("version"),
         )
@@ -176,7 +178,9 @@ class RVMRuntime:
     be created, else cpu. A GPU device that cannot be created (no GPU, CUDA libraries missing)
     logs one warning and falls back to the CPU. ``spin=True`` lets ORT's idle threads
     busy-wait (slightly faster on a dedicated machine; starves other threads on a small one).
-    Calls are serialised by a lock (one session, fixed buffers).
+    Calls are serialised by a lock (one session, fixed buffers). The first frame of a stream
+    (after creation or ``reset``) is stepped ``1 + warmup`` times: the warm start of
+    ``rvm_core.config.WARMUP_STEPS``; None = the model file's ``rvm.warmup_steps``.
     """
 
     def __init__(
@@ -189,9 +193,12 @@ class RVMRuntime:
         trt_fp16: bool = True,
         device_id: int = 0,
         spin: bool = False,
+        warmup: int | None = None,
     ) -> None:
         if device not in DEVICES:
             raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
+        if warmup is not None and (not isinstance(warmup, int) or warmup < 0):
+            raise ValueError(f"warmup must be an integer >= 0, got {warmup!r}")
         self.model_path = Path(model_path)
         if not self.model_path.is_file():
             raise FileNotFoundError(f"model not found: {self.model_path}")
@@ -215,6 +222,7 @@ class RVMRuntime:
         self.cuda_graph = cuda_graph and self.device == "cuda"
         self.ort_device = "cpu" if self.device == "cpu" else "cuda"
         self.metadata = ModelMetadata.from_props(self.session.get_modelmeta().custom_metadata_map)
+        self.warmup = self.metadata.warmup_steps if warmup is None else warmup
         self._zero_state = np.zeros(self.metadata.state_shape, np.float32)
         self._image_shape = (*self.metadata.input_size, 3)
         self._streams: dict[str, _Stream] = {}
@@ -311,9 +319,10 @@ class RVMRuntime:
         with self._lock:
             s = self._get_stream(stream)
             s.image.update_inplace(frame)  # copy into the bound (device) buffer
-            p = s.parity
-            self.session.run_with_iobinding(s.bindings[p], s.run_options[p])
-            s.parity = 1 - p
+            for _ in range(1 + (self.warmup if s.frames == 0 else 0)):
+                p = s.parity
+                self.session.run_with_iobinding(s.bindings[p], s.run_options[p])
+                s.parity = 1 - p
             s.frames += 1
             out = s.features.numpy()[0]
             # On the CPU, numpy() is a view of the bound buffer that the next step overwrites;

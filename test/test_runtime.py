@@ -16,6 +16,7 @@ from rvm_core.checkpoint import build_model
 from rvm_core.cli import main
 from rvm_core.export import export_onnx
 from rvm_core.preprocess import to_model_input
+from rvm_core.readout.features import ModelFeatures
 from rvm_ros.runtime import RVMRuntime
 
 SMALL = dict(
@@ -54,14 +55,10 @@ def _frames(n: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (n, *CAMERA, 3), dtype=np.uint8)
 
 
-def _torch_features(model, frames: np.ndarray) -> list[np.ndarray]:
-    """PyTorch features [D,h,w] per frame, streamed from the zero state."""
-    out, state = [], None
-    with torch.inference_mode():
-        for f in frames:
-            feats, state = model.step(to_model_input(torch.from_numpy(f)[None], (64, 64)), state)
-            out.append(feats[0, 1:].T.reshape(32, 8, 8).numpy())
-    return out
+def _torch_features(model, frames: np.ndarray, warmup: int | None = None) -> list[np.ndarray]:
+    """PyTorch features [D,h,w] per frame, streamed from the zero state (with the warm start)."""
+    fn = ModelFeatures(model, size=(64, 64), warmup=warmup)
+    return [fn(f).transpose(2, 0, 1) for f in frames]
 
 
 def test_state_advances_like_pytorch(runtime: RVMRuntime, model) -> None:
@@ -76,10 +73,32 @@ def test_state_advances_like_pytorch(runtime: RVMRuntime, model) -> None:
     assert runtime.frames() == 4 and runtime.streams == ["default"]
 
 
+def test_warm_start_steps_the_first_frame_again(onnx_path: Path, model) -> None:
+    frames = _frames(3, seed=4)
+    cold = RVMRuntime(onnx_path, device="cpu", threads=1, warmup=0)
+    warm = RVMRuntime(onnx_path, device="cpu", threads=1, warmup=2)
+    with torch.inference_mode():  # cold = one raw model.step per frame
+        x = to_model_input(torch.from_numpy(frames[0])[None], (64, 64))
+        ref = model.step(x)[0][0, 1:].T.reshape(32, 8, 8).numpy()
+    assert np.abs(cold.step(frames[0]) - ref).max() <= TOL
+    # warmup=2: the first frame is stepped 3 times, later frames once (and again after reset).
+    cold.reset()
+    expected = [[cold.step(frames[0]) for _ in range(3)][-1], cold.step(frames[1])]
+    expected.append(cold.step(frames[2]))
+    for _ in range(2):
+        got = [warm.step(f) for f in frames]
+        for e, g in zip(expected, got):
+            np.testing.assert_allclose(g, e, atol=1e-6)
+        assert warm.frames() == 3
+        warm.reset()
+    with pytest.raises(ValueError, match="warmup"):
+        RVMRuntime(onnx_path, device="cpu", warmup=-1)
+
+
 def test_ping_pong_buffers_never_alias(runtime: RVMRuntime) -> None:
     runtime.step(_frames(1, seed=0)[0])
     s = runtime._streams["default"]
-    assert s.parity == 1  # the next step reads states[1]
+    assert s.parity == (1 + runtime.warmup) % 2  # each run flips which state buffer is read
     for parity, binding in enumerate(s.bindings):
         assert binding is not s.bindings[1 - parity]
     assert s.states[0].data_ptr() != s.states[1].data_ptr()

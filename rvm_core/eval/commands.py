@@ -89,7 +89,7 @@ def _feature_fn(args: argparse.Namespace) -> FeatureFn | None:
     if args.features == "pixels":
         return PixelFeatures(_pixel_grid(args))
     model = _load(args.checkpoint, args.device)
-    return ModelFeatures(model, size=_model_size(args.size), device=args.device)
+    return ModelFeatures(model, size=_model_size(args.size), device=args.device, warmup=args.warmup)
 
 
 def _pixel_grid(args: argparse.Namespace) -> tuple[int, int]:
@@ -106,6 +106,12 @@ def _common_feature_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pixel-grid", default=None, help="grid HxW of --features pixels (16x16)")
     p.add_argument("--size", default=None, help="model input HxW (default: the model's)")
     p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--warmup",
+        type=int,
+        default=None,
+        help="extra model steps on a video's first frame (default 3, the warm start; 0 = cold)",
+    )
 
 
 # -- rvm track ---------------------------------------------------------------------------------
@@ -244,6 +250,12 @@ def _eval_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tracker", nargs="*", metavar="KEY=VALUE", help="TrackerConfig overrides")
     p.add_argument("--propagation", nargs="*", metavar="KEY=VALUE", help="PropagationConfig")
     p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--warmup",
+        type=int,
+        default=None,
+        help="extra model steps on a video's first frame (default 3, the warm start; 0 = cold)",
+    )
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -294,10 +306,14 @@ def _synthetic_sources(args: argparse.Namespace, methods: set[str]) -> dict[str,
             continue
         label = "trained" if len(ckpts) == 1 else _checkpoint_label(ckpt, models)
         models[label] = model
-        sources[label] = lambda m=model: ModelFeatures(m, size=size, device=args.device)
+        sources[label] = lambda m=model: ModelFeatures(
+            m, size=size, device=args.device, warmup=args.warmup
+        )
     if args.random_baseline or not models:
         rnd = _random_like(base, seed=args.seed)
-        sources["random"] = lambda: ModelFeatures(rnd, size=size, device=args.device)
+        sources["random"] = lambda: ModelFeatures(
+            rnd, size=size, device=args.device, warmup=args.warmup
+        )
     if "pixels" in methods:
         grid = _pixel_grid(args)
         sources["pixels"] = lambda: PixelFeatures(grid)
@@ -529,7 +545,9 @@ def eval_davis(args: argparse.Namespace) -> int:
         # The paper's DAVIS resolution 480x880 = a 30x55 grid at patch 16: keep that grid.
         model = _load(args.checkpoint, args.device)
         p = model.config.patch_size
-        fn: FeatureFn = ModelFeatures(model, size=(30 * p, 55 * p), device=args.device)
+        fn: FeatureFn = ModelFeatures(
+            model, size=(30 * p, 55 * p), device=args.device, warmup=args.warmup
+        )
     else:
         fn = _feature_fn(args)
     summaries, names = [], []

@@ -33,12 +33,22 @@ class PixelFeatures:
 
 
 class ModelFeatures:
-    """Streaming RVM features: one ``model.step`` per frame -> patch features [h,w,D] float32."""
+    """Streaming RVM features: one ``model.step`` per frame -> patch features [h,w,D] float32.
+
+    The first frame after construction or ``reset`` is stepped ``1 + warmup`` times (warm start,
+    ``rvm_core.config.WARMUP_STEPS`` by default), as the runtime does.
+    """
 
     def __init__(
-        self, model: Any, size: tuple[int, int] | None = None, device: str = "cpu"
+        self,
+        model: Any,
+        size: tuple[int, int] | None = None,
+        device: str = "cpu",
+        warmup: int | None = None,
     ) -> None:
         import torch
+
+        from ..config import WARMUP_STEPS
 
         self._torch = torch
         self.model = model.eval()
@@ -48,6 +58,9 @@ class ModelFeatures:
             raise ValueError(f"size {self.size} is not a multiple of the patch size {p}")
         self.grid_hw = (self.size[0] // p, self.size[1] // p)
         self.device = device
+        self.warmup = WARMUP_STEPS if warmup is None else int(warmup)
+        if self.warmup < 0:
+            raise ValueError(f"warmup must be >= 0, got {self.warmup}")
         self.state = None
 
     def reset(self) -> None:
@@ -61,6 +74,9 @@ class ModelFeatures:
         torch = self._torch
         with torch.inference_mode():
             x = to_model_input(torch.from_numpy(np.ascontiguousarray(frame))[None], self.size)
-            feats, self.state = self.model.step(x.to(self.device), self.state)
+            x = x.to(self.device)
+            for _ in range(self.warmup if self.state is None else 0):  # warm start (config.py)
+                _, self.state = self.model.step(x, self.state)
+            feats, self.state = self.model.step(x, self.state)
         h, w = self.grid_hw
         return feats[0, 1:].float().cpu().numpy().reshape(h, w, -1)
