@@ -7,12 +7,6 @@ import json
 from dataclasses import dataclass
 
 AGGREGATORS = ("gru", "attention")
-# Warm start: a new stream steps its first frame 1 + WARMUP_STEPS times. The training loss only
-# reads the state after 4 source frames from the zero state, so states of fewer steps are never
-# trained; a warmed state matches what training saw. Measured on `rvm eval synthetic` with the
-# shipped model (4 held-out clips): J&F 0.297 -> 0.361, AJ 0.103 -> 0.115 (0 -> 3 extra steps;
-# 8 gave no more). Costs 3 extra steps once per stream; 0 reproduces a cold start.
-WARMUP_STEPS = 3
 STEMS = ("patch", "mobilenetv2")
 
 
@@ -64,6 +58,18 @@ class RVMConfig:
     def grid(self) -> tuple[int, int]:
         """Token grid (h, w) at the training image size."""
         return self.image_size[0] // self.patch_size, self.image_size[1] // self.patch_size
+
+    @property
+    def warmup_steps(self) -> int:
+        """Extra steps on a stream's first frame (the warm start): num_source - 1.
+
+        The training loss only reads the state after ``num_source`` frames from the zero state,
+        so states of fewer steps are never trained; stepping the first frame ``num_source``
+        times gives a state like those training saw. Measured on `rvm eval synthetic` with the
+        shipped model (4 held-out clips): J&F 0.297 -> 0.361, AJ 0.103 -> 0.115 (0 -> 3 extra
+        steps; 8 gave no more). Costs 3 extra steps once per stream.
+        """
+        return self.num_source - 1
 
     @property
     def has_decoder(self) -> bool:

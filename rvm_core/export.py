@@ -23,8 +23,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .config import WARMUP_STEPS
-
 if TYPE_CHECKING:  # torch is imported lazily: `rvm` (whose parser imports this) stays torch-free
     import torch
 
@@ -51,7 +49,7 @@ METADATA_KEYS = (
     "rvm.compute_dtype",  # "float32" | "float16" (weights and activations)
     "rvm.state_shape",  # JSON list, e.g. [1, 257, 128]
     "rvm.attention",  # "onnx" (plain MatMul/Softmax) | "ort" (com.microsoft contrib ops)
-    "rvm.warmup_steps",  # extra steps on a stream's first frame (config.WARMUP_STEPS)
+    "rvm.warmup_steps",  # extra steps on a stream's first frame (RVMConfig.warmup_steps)
     "rvm.config",  # RVMConfig JSON
     "rvm.version",  # rvm package version that wrote the file
 )
@@ -240,7 +238,7 @@ def export_onnx(
             "rvm.compute_dtype": str(compute).removeprefix("torch."),
             "rvm.state_shape": json.dumps(list(shape)),
             "rvm.attention": attention,
-            "rvm.warmup_steps": str(WARMUP_STEPS),
+            "rvm.warmup_steps": str(model.config.warmup_steps),
             "rvm.config": model.config.to_json(),
             "rvm.version": _rvm_version(),
         }

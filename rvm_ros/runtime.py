@@ -180,7 +180,7 @@ class RVMRuntime:
     busy-wait (slightly faster on a dedicated machine; starves other threads on a small one).
     Calls are serialised by a lock (one session, fixed buffers). The first frame of a stream
     (after creation or ``reset``) is stepped ``1 + warmup`` times: the warm start of
-    ``rvm_core.config.WARMUP_STEPS``; None = the model file's ``rvm.warmup_steps``.
+    ``RVMConfig.warmup_steps``; None = the model file's ``rvm.warmup_steps``.
     """
 
     def __init__(

@@ -36,7 +36,7 @@ class ModelFeatures:
     """Streaming RVM features: one ``model.step`` per frame -> patch features [h,w,D] float32.
 
     The first frame after construction or ``reset`` is stepped ``1 + warmup`` times (warm start,
-    ``rvm_core.config.WARMUP_STEPS`` by default), as the runtime does.
+    ``RVMConfig.warmup_steps`` by default), as the runtime does.
     """
 
     def __init__(
@@ -48,8 +48,6 @@ class ModelFeatures:
     ) -> None:
         import torch
 
-        from ..config import WARMUP_STEPS
-
         self._torch = torch
         self.model = model.eval()
         self.size = tuple(size or model.config.image_size)
@@ -58,7 +56,7 @@ class ModelFeatures:
             raise ValueError(f"size {self.size} is not a multiple of the patch size {p}")
         self.grid_hw = (self.size[0] // p, self.size[1] // p)
         self.device = device
-        self.warmup = WARMUP_STEPS if warmup is None else int(warmup)
+        self.warmup = model.config.warmup_steps if warmup is None else int(warmup)
         if self.warmup < 0:
             raise ValueError(f"warmup must be >= 0, got {self.warmup}")
         self.state = None
@@ -75,7 +73,9 @@ class ModelFeatures:
         with torch.inference_mode():
             x = to_model_input(torch.from_numpy(np.ascontiguousarray(frame))[None], self.size)
             x = x.to(self.device)
-            for _ in range(self.warmup if self.state is None else 0):  # warm start (config.py)
+            for _ in range(
+                self.warmup if self.state is None else 0
+            ):  # warm start (RVMConfig.warmup_steps)
                 _, self.state = self.model.step(x, self.state)
             feats, self.state = self.model.step(x, self.state)
         h, w = self.grid_hw
