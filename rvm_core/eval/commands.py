@@ -432,7 +432,12 @@ def eval_synthetic(args: argparse.Namespace) -> int:
             score_tracks(("lk", "none"), q, gt, gto, tr, occ, hw, prefix="stereo_")
         for label, make in sources.items():
             fn = make()
-            feats = [fn(f) for f in frames]
+            # Two views, not two time steps: each view is its own stream (a static clip after
+            # the warm start), so the right view's features carry no state from the left one.
+            feats = []
+            for f in frames:
+                fn.reset()
+                feats.append(fn(f))
             for r in readouts:
                 cfg = _tracker_config(r, args.tracker)
                 tr, occ, _ = track_video(q, frames=frames, features=feats, config=cfg)
