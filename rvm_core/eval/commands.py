@@ -92,6 +92,16 @@ def _feature_fn(args: argparse.Namespace) -> FeatureFn | None:
     return ModelFeatures(model, size=_model_size(args.size), device=args.device, warmup=args.warmup)
 
 
+def _warmup_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--warmup",
+        type=int,
+        default=None,
+        help="extra model steps on a video's first frame (default: the model's num_source - 1, "
+        "the warm start; 0 = cold)",
+    )
+
+
 def _pixel_grid(args: argparse.Namespace) -> tuple[int, int]:
     from ..preprocess import parse_size
 
@@ -106,12 +116,7 @@ def _common_feature_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pixel-grid", default=None, help="grid HxW of --features pixels (16x16)")
     p.add_argument("--size", default=None, help="model input HxW (default: the model's)")
     p.add_argument("--device", default="cpu")
-    p.add_argument(
-        "--warmup",
-        type=int,
-        default=None,
-        help="extra model steps on a video's first frame (default 3, the warm start; 0 = cold)",
-    )
+    _warmup_arg(p)
 
 
 # -- rvm track ---------------------------------------------------------------------------------
@@ -250,12 +255,7 @@ def _eval_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tracker", nargs="*", metavar="KEY=VALUE", help="TrackerConfig overrides")
     p.add_argument("--propagation", nargs="*", metavar="KEY=VALUE", help="PropagationConfig")
     p.add_argument("--device", default="cpu")
-    p.add_argument(
-        "--warmup",
-        type=int,
-        default=None,
-        help="extra model steps on a video's first frame (default 3, the warm start; 0 = cold)",
-    )
+    _warmup_arg(p)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

@@ -73,10 +73,8 @@ class ModelFeatures:
         with torch.inference_mode():
             x = to_model_input(torch.from_numpy(np.ascontiguousarray(frame))[None], self.size)
             x = x.to(self.device)
-            for _ in range(
-                self.warmup if self.state is None else 0
-            ):  # warm start (RVMConfig.warmup_steps)
-                _, self.state = self.model.step(x, self.state)
-            feats, self.state = self.model.step(x, self.state)
+            steps = 1 + (self.warmup if self.state is None else 0)  # the warm start
+            for _ in range(steps):
+                feats, self.state = self.model.step(x, self.state)
         h, w = self.grid_hw
         return feats[0, 1:].float().cpu().numpy().reshape(h, w, -1)
