@@ -191,10 +191,13 @@ def test_loss_decreases_skips_corrupt_and_writes_outputs(tmp_path: Path, data_di
     info = json.loads((run / "run_info.json").read_text())
     assert info["skipped"] == 1 and "broken.mp4" in next(iter(info["skipped_files"]))
     assert [r["loss"] for r in read_metrics(run)] == loss
-    for name in ("loss.png", "previews/step_00000020.png", "previews/step_00000040.png"):
-        assert (run / name).stat().st_size > 1000, name
+    for step in (0, 20, 40):
+        assert (run / f"previews/step_{step:08d}.png").stat().st_size > 1000, step
+    assert (run / "loss.png").stat().st_size > 1000
     assert list((run / "tb").iterdir())
-    assert set(summary["heldout"]) == {20, 40}
+    heldout = summary["heldout"]
+    assert set(heldout) == {0, 20, 40}  # step 0: the untrained baseline
+    assert heldout[40] < heldout[0], heldout
     # the exported weights are a normal project checkpoint; the train state is plain safetensors
     ckpt = latest_checkpoint(run)
     assert ckpt.name == "ckpt_00000040"

@@ -252,6 +252,10 @@ def _train(cfg: TrainConfig, env: DistEnv, resume: bool, save: bool) -> dict[str
             img = preview_image(src, tgt, mask, pred, mc.patch_size)
             save_png(run_dir / "previews" / f"step_{step:08d}.png", img, scale=2)
 
+    if preview is not None and state.step == 0:
+        # the untrained baseline that every later preview and held-out loss is read against
+        run_preview(0)
+
     # -- loop ------------------------------------------------------------------------------
     num_patches = mc.grid[0] * mc.grid[1]
     clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
