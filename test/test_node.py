@@ -24,9 +24,10 @@ from std_srvs.srv import Trigger
 
 from rvm_ros.camera import CameraPipeline, PipelineConfig
 from rvm_ros.image_codec import encode_image
+from rvm_ros.launch_args import default_model_path
 from rvm_ros.messages import features_from_msg
 from rvm_ros.msg import FeatureMap, NodeStats, PointTracks
-from rvm_ros.node import RVMNode
+from rvm_ros.node import RVMNode, load_runtime
 from rvm_ros.runtime import RVMRuntime
 from rvm_ros.srv import AddQueries, RemoveTracks, Reset
 
@@ -468,6 +469,15 @@ def test_bench_node_quick():
     assert proc.returncode == 0, proc.stdout + proc.stderr
     for row in ("bare runtime step", "rclpy relay", "node end to end", "overhead:", "sustained:"):
         assert row in proc.stdout, proc.stdout
+
+
+def test_warmup_steps_parameter_reaches_the_runtime():
+    """-1 (the default) takes the model file's warm start; the shipped model was exported with
+    it (3 = num_source - 1); an explicit count overrides it."""
+    path = default_model_path()
+    runtime, _ = load_runtime(path, "cpu", 1, -1)
+    assert runtime.metadata.warmup_steps == 3 and runtime.warmup == 3
+    assert load_runtime(path, "cpu", 1, 0)[0].warmup == 0
 
 
 def _run_node(*ros_args: str) -> subprocess.CompletedProcess:
