@@ -142,15 +142,19 @@ def bag_eval(
     feature_dtype: str = "float16",
     config: Any = None,
     storage: str = "mcap",
+    warmup: int = -1,
 ) -> dict[str, Any]:
-    """Replay ``bag`` through the node's pipeline; write outputs to ``out``; TAP-Vid if GT."""
+    """Replay ``bag`` through the node's pipeline; write outputs to ``out``; TAP-Vid if GT.
+
+    ``warmup``: extra steps on the first frame, as the node's ``warmup_steps`` (-1: the model's).
+    """
     from rclpy.serialization import serialize_message
 
     from rvm_ros.camera import CameraPipeline, PipelineConfig
     from rvm_ros.messages import feature_map, point_tracks
     from rvm_ros.node import load_runtime
 
-    runtime, info = load_runtime(str(model), device)
+    runtime, info = load_runtime(str(model), device, warmup=warmup)
     gt_path = Path(gt) if gt else Path(f"{Path(bag).as_posix().rstrip('/')}.tracks.npz")
     truth = load_gt(gt_path) if gt_path.is_file() else None
     q_t = np.round(truth["query_points"][:, 0]).astype(int) if truth is not None else None
@@ -265,20 +269,21 @@ def bag_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--storage", default="mcap", choices=("mcap", "sqlite3"))
 
 
-def pipeline_config_from_yaml(path: str | Path | None) -> tuple[Any, str]:
-    """The node's PipelineConfig and feature_dtype from a parameter YAML (its rvm_node entry)."""
+def node_parameters(path: str | Path | None) -> dict[str, Any]:
+    """rvm_node's parameters by ROS name: its declared defaults, then a parameter YAML's
+    rvm_node entry (default: config/rvm.yaml)."""
     import yaml
 
-    from rvm_ros.camera import PipelineConfig
     from rvm_ros.launch_args import default_params_file
+    from rvm_ros.node import PARAMETERS
 
     path = Path(path or default_params_file())
     doc = yaml.safe_load(path.read_text()) or {}
-    params: dict[str, Any] = {}
+    params: dict[str, Any] = {name: spec[0] for name, spec in PARAMETERS.items()}
     for key, value in doc.items():
         if key.rstrip("/").endswith("rvm_node") or key == "/**":
             params.update(flatten_parameters(value.get("ros__parameters", {})))
-    return PipelineConfig.from_params(params), params.get("feature_dtype", "float16")
+    return params
 
 
 def flatten_parameters(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -293,9 +298,10 @@ def flatten_parameters(params: dict[str, Any], prefix: str = "") -> dict[str, An
 
 
 def cmd_bag_eval(args: argparse.Namespace) -> int:
+    from rvm_ros.camera import PipelineConfig
     from rvm_ros.launch_args import default_model_path
 
-    cfg, dtype = pipeline_config_from_yaml(args.params)
+    params = node_parameters(args.params)
     s = bag_eval(
         args.bag,
         args.checkpoint or default_model_path(),
@@ -303,9 +309,10 @@ def cmd_bag_eval(args: argparse.Namespace) -> int:
         image_topic=args.image_topic,
         gt=args.gt,
         device=args.device,
-        feature_dtype=dtype,
-        config=cfg,
+        feature_dtype=params["feature_dtype"],
+        config=PipelineConfig.from_params(params),
         storage=args.storage,
+        warmup=params["warmup_steps"],
     )
     line = f"bag-eval: {s['frames']} frames, {s['rejected']} rejected, model {s['model_id']}"
     if "average_jaccard" in s:

@@ -114,18 +114,18 @@ def run_demo(
     from sensor_msgs.msg import Image
 
     from rvm_core.data.video import probe_video, read_video
-    from rvm_ros.bag_eval import pipeline_config_from_yaml
+    from rvm_ros.bag_eval import node_parameters
     from rvm_ros.image_codec import encode_image
     from rvm_ros.msg import FeatureMap, NodeStats, PointTracks
-    from rvm_ros.node import PARAMETERS, RVMNode, load_runtime
+    from rvm_ros.node import RVMNode, load_runtime
 
     fps = rate or probe_video(clip).fps or 10.0
     frames = read_video(clip, max_frames=max(2, int(round(seconds * fps))))
     hw = frames.shape[1:3]
     model_path = ensure_model(model, hw, REPO / "runs" / "cache")
     out_dir.mkdir(parents=True, exist_ok=True)
-    runtime, info = load_runtime(str(model_path), device, threads=PARAMETERS["threads"][0])
-    _, feature_dtype = pipeline_config_from_yaml(None)
+    params = node_parameters(None)  # config/rvm.yaml, as `ros2 launch` would start the node
+    runtime, info = load_runtime(str(model_path), device, params["threads"], params["warmup_steps"])
 
     topic = "/camera/image_raw"
     ctx = Context()
@@ -138,7 +138,7 @@ def run_demo(
             parameter_overrides=[
                 Parameter("image_topics", value=[topic]),
                 Parameter("stats_period_sec", value=2.0),
-                Parameter("feature_dtype", value=feature_dtype),
+                Parameter("feature_dtype", value=params["feature_dtype"]),
                 # The demo owns both ends: reliable keep-last-1 still never queues, and raw
                 # frames are not lost to best-effort UDP fragment loss (docs/node.md).
                 Parameter("qos.reliability", value="reliable"),

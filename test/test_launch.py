@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rvm_ros.bag_eval import flatten_parameters
+from rvm_ros.bag_eval import flatten_parameters, node_parameters
 from rvm_ros.launch_args import LAUNCH_ARGUMENTS, node_config, ros_args
 from rvm_ros.node import PARAMETERS
 
@@ -34,6 +34,18 @@ def test_params_file_matches_declared_parameters():
         default = PARAMETERS[name][0]
         assert type(value) is type(default), name  # rclpy rejects a type change
         assert value == default, f"{name}: yaml {value!r} != declared default {default!r}"
+
+
+def test_node_parameters_yaml_over_declared_defaults(tmp_path):
+    """bag-eval and the demo read a params file as the node would: YAML values over defaults."""
+    path = tmp_path / "p.yaml"
+    path.write_text(
+        "/**/rvm_node:\n  ros__parameters:\n    warmup_steps: 0\n    tracks: {max: 7}\n"
+    )
+    params = node_parameters(path)
+    assert params["warmup_steps"] == 0 and params["tracks.max"] == 7
+    assert params["feature_dtype"] == PARAMETERS["feature_dtype"][0]  # not in the file: default
+    assert set(params) == set(PARAMETERS)
 
 
 @pytest.mark.skipif(HAS_LAUNCH_ROS, reason="launch_ros present: test_launch_description runs")
