@@ -19,6 +19,7 @@ so both windows see the same machine.
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import tempfile
 import time
@@ -85,7 +86,7 @@ def stream_model(
             path = workdir / f"{name}.onnx"
             export_onnx(model, path, size)
             rt = RVMRuntime(path, device="cpu", threads=threads)
-            data, streams = frames, iter(range(1_000_000))
+            data, streams = frames, itertools.count()  # a new stream name per stepper
 
             def stepper(rt: Any = rt, streams: Any = streams) -> Callable[[Any], None]:
                 return rt.stream(f"s{next(streams)}").step
