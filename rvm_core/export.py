@@ -29,9 +29,10 @@ if TYPE_CHECKING:  # torch is imported lazily: `rvm` (whose parser imports this)
     from .model import RVM
 
 # Opset 20: LayerNormalization (17) and Gelu (20) are single ops, so the tanh GELU is one kernel
-# instead of ~9 memory-bound elementwise ops (measured: ORT step for S at 256x256 13% faster
-# than opset 18); no opset-23 Attention op, which ONNX Runtime runs on the CPU only (breaking
-# CUDA graphs). Opsets up to 22 are accepted.
+# instead of ~9 memory-bound elementwise ops (measured with a one-off script, the two exports
+# interleaved: ORT step for S at 256x256 13% faster than at opset 18); no opset-23 Attention
+# op, which ONNX Runtime runs on the CPU only (breaking CUDA graphs). Opsets up to 22 are
+# accepted.
 DEFAULT_OPSET = 20
 MAX_OPSET = 22
 ATTENTION_MODES = ("onnx", "ort")
