@@ -114,3 +114,27 @@ def test_tracker_suite_quick() -> None:
     assert (r["grid_h"], r["grid_w"], r["dim"]) == (16, 16, 128)  # tiny runs at 128x128
     for key in ("model_step", "tracker_rvm", "tracker_lk", "propagation", "full_rvm", "full_lk"):
         assert r[key] > 0, key
+
+
+def test_paired_round_ratio_cancels_load_between_rounds() -> None:
+    """A slowdown that grows through the run hits both sides of a round; per-round ratios stay
+    near the true 2x while the per-round times themselves drift by several x."""
+    from rvm_core.bench.common import round_medians, timed_rounds
+
+    start = time.perf_counter()
+
+    def load() -> float:
+        return 1.0 + 40.0 * (time.perf_counter() - start)  # ~3x slower after 50 ms
+
+    def slow() -> None:
+        time.sleep(0.002 * load())
+
+    def fast() -> None:
+        time.sleep(0.001 * load())
+
+    rounds = 4
+    times = timed_rounds({"slow": slow, "fast": fast}, rounds, frames=3, block_seconds=0.01)
+    assert round_medians([1, 2, 3, 10, 20, 30], 2) == [2, 20]
+    slow_r, fast_r = round_medians(times["slow"], rounds), round_medians(times["fast"], rounds)
+    assert len(slow_r) == len(fast_r) == rounds and slow_r[-1] > 2 * slow_r[0]
+    assert all(1.3 < s / f < 2.8 for s, f in zip(slow_r, fast_r))

@@ -92,6 +92,12 @@ def timed_rounds(
     return times
 
 
+def round_medians(samples: Sequence[float], rounds: int) -> list[float]:
+    """Median seconds of each round's block, from one fn's :func:`timed_rounds` samples."""
+    n = len(samples) // rounds  # every round times the same number of calls per fn
+    return [statistics.median(samples[i * n : (i + 1) * n]) for i in range(rounds)]
+
+
 def median_ms(samples: Sequence[float]) -> float:
     """Median of per-call seconds, in milliseconds."""
     return 1e3 * statistics.median(samples)

@@ -33,7 +33,12 @@ def gemm_peak(
     import numpy as np
     import torch
 
+    from rvm_ros.node import limit_blas_threads
+
     torch.set_num_threads(threads)
+    # numpy's BLAS keeps its own pool (all cores by default); the peak must use `threads` too.
+    # Process-wide, like torch.set_num_threads: later numpy calls in this process use it.
+    limit_blas_threads(threads)
     out: dict[str, float] = {}
     rng = np.random.default_rng(0)
     for n in sizes:
@@ -53,7 +58,7 @@ def gemm_peak(
 
 def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sizes", default="1024,2048", help="square matrix sizes, comma-separated")
-    p.add_argument("--threads", type=int, default=2, help="torch threads (numpy: its BLAS)")
+    p.add_argument("--threads", type=int, default=2, help="torch threads = numpy BLAS threads")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -6,9 +6,14 @@ runs the exported graph through :class:`rvm_ros.runtime.RVMRuntime` (IOBinding, 
 state, features copied out), i.e. the deployed path. Both get the same thread count.
 
 The machine is shared, so timings are interleaved: rounds of (eager block, ORT block, ...) with
-the first step of each block discarded (it pays for the other side's threads going idle), and
-the median per-step time is reported. Achieved GFLOP/s uses the analytic count of
-:mod:`rvm_core.flops`; the GEMM peak is measured in the same run (:mod:`rvm_core.bench.gemm`).
+the first step of each block discarded (it pays for the other side's threads going idle). Step
+times are medians over all rounds; the ratio is paired: per round, eager block median / ORT
+block median (blocks a second apart see the same load), and the median of those per-round
+ratios is reported with their range, so load that comes and goes between rounds cancels
+instead of landing on one side. The ``cpu`` column is the share of its threads' CPU time the
+timed steps got: below 90% other load was taking cores and the run is flagged. Achieved
+GFLOP/s uses the analytic count of :mod:`rvm_core.flops`; the GEMM peak is measured in the
+same run (:mod:`rvm_core.bench.gemm`).
 """
 
 from __future__ import annotations
@@ -16,11 +21,15 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .common import build_rvm, timed_rounds
+from .common import build_rvm, round_medians, timed_rounds
+
+# Below this share of its threads' CPU time the benchmark was competing for cores.
+BUSY_CPU_SHARE = 0.9
 
 
 def bench_model(
@@ -72,11 +81,17 @@ def bench_model(
 
     fns: dict[str, Callable[[], object]] = {"eager": eager}
     fns.update({mode: ort_step(rt) for mode, rt in runtimes.items()})
+    wall, cpu = time.perf_counter(), time.process_time()
     times = timed_rounds(fns, rounds, frames)
+    # Share of the CPU time the threads could have used: below ~0.9 the process waited for a
+    # core (other load), and every timing above is slower by a load-dependent amount.
+    cpu_share = (time.process_time() - cpu) / ((time.perf_counter() - wall) * threads)
     eager_ms = 1e3 * statistics.median(times["eager"])
+    eager_rounds = round_medians(times["eager"], rounds)
     rows = []
     for mode in attention:
         ort_ms = 1e3 * statistics.median(times[mode])
+        ratios = [e / o for e, o in zip(eager_rounds, round_medians(times[mode], rounds))]
         rows.append(
             {
                 "model": label,
@@ -85,10 +100,12 @@ def bench_model(
                 "gflop": flops / 1e9,
                 "eager_ms": eager_ms,
                 "ort_ms": ort_ms,
-                "speedup": eager_ms / ort_ms,
+                "speedup": statistics.median(ratios),
+                "speedup_range": (min(ratios), max(ratios)),
                 "eager_gflops": flops / eager_ms / 1e6,
                 "ort_gflops": flops / ort_ms / 1e6,
                 "samples": len(times[mode]),
+                "cpu_share": cpu_share,
             }
         )
     return rows
@@ -132,14 +149,16 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     """The benchmark rows as a fixed-width text table."""
     head = (
         f"{'model':<12} {'input':>9} {'attn':>5} {'GFLOP':>6} {'eager ms':>9} {'ORT ms':>8} "
-        f"{'ratio':>6} {'ORT GFLOP/s':>11} {'GEMM peak':>9} {'util':>5}"
+        f"{'ratio':>6} {'range':>11} {'ORT GFLOP/s':>11} {'GEMM peak':>9} {'util':>5} {'cpu':>4}"
     )
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(
             f"{r['model']:<12} {r['input']:>9} {r['attention']:>5} {r['gflop']:>6.2f} "
             f"{r['eager_ms']:>9.2f} {r['ort_ms']:>8.2f} {r['speedup']:>5.2f}x "
-            f"{r['ort_gflops']:>11.1f} {r['peak_gflops']:>9.1f} {r['utilisation']:>5.0%}"
+            f"{r['speedup_range'][0]:>5.2f}-{r['speedup_range'][1]:.2f}x "
+            f"{r['ort_gflops']:>11.1f} {r['peak_gflops']:>9.1f} {r['utilisation']:>5.0%} "
+            f"{r['cpu_share']:>4.0%}"
         )
     return "\n".join(lines)
 
@@ -168,7 +187,16 @@ def run(args: argparse.Namespace) -> int:
         sizes, args.checkpoint, frames, rounds, args.threads, attention, args.quick
     )
     gemm = ", ".join(f"{k} {v:.0f}" for k, v in peak.items() if k != "peak")
-    print(f"threads: {args.threads}; median ms/step over {rounds} interleaved rounds x {frames}")
+    print(
+        f"threads: {args.threads}; median ms/step over {rounds} interleaved rounds x {frames}; "
+        "ratio = median (range) of per-round eager/ORT"
+    )
     print(f"GEMM fp32 GFLOP/s: {gemm}")
     print(format_table(rows))
+    busy = min(r["cpu_share"] for r in rows)
+    if busy < BUSY_CPU_SHARE:
+        print(
+            f"warning: the timed steps got {busy:.0%} of {args.threads} thread(s)' CPU time "
+            "(other load on the machine): timings and ratios are unreliable; rerun when idle"
+        )
     return 0
