@@ -13,15 +13,26 @@ tokens. All at 256x256, patch 16. RVM as deployed (the shipped model at its nati
 conv stem included) is reported too, as ``RVM native``.
 Everything is timed on float frames already in model layout (decoding and resizing are the same
 for all), in eval mode under ``torch.inference_mode`` with the same thread count, interleaved.
+Ratios to RVM are paired: the median over rounds of (model's block median / RVM's block median
+in the same round), so load that comes and goes between rounds cancels.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 from pathlib import Path
 from typing import Any
 
-from .common import build_rvm, md_table, median_ms, pyplot, save_figure, timed_rounds
+from .common import (
+    build_rvm,
+    md_table,
+    median_ms,
+    pyplot,
+    round_medians,
+    save_figure,
+    timed_rounds,
+)
 
 WINDOW, TUBELET, PATCH, IMAGE = 16, 2, 16, 256
 S_SIZE = dict(width=384, layers=12, heads=6, mlp=1536)
@@ -185,17 +196,18 @@ def measure_size(
         }
     with torch.inference_mode():
         times = timed_rounds(fns, rounds, frames, block_seconds=1.0)
-    base = median_ms(times["RVM"])
+    base = round_medians(times["RVM"], rounds)
     rows = []
     for label, samples in times.items():
         ms = median_ms(samples)
+        paired = [t / b for t, b in zip(round_medians(samples, rounds), base)]
         rows.append(
             {
                 "size": name,
                 "model": label,
                 **info[label],
                 "ms": ms,
-                "vs_rvm": ms / base,
+                "vs_rvm": statistics.median(paired),
                 "samples": len(samples),
             }
         )
@@ -251,7 +263,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         "tokens / new frame",
         "GFLOP / new frame",
         "ms / new frame (median)",
-        "x RVM (same size)",
+        "x RVM (same size, paired rounds)",
     ]
     table = [
         [
