@@ -92,6 +92,23 @@ def timed_rounds(
     return times
 
 
+def sched_seconds() -> tuple[float, float]:
+    """(on-CPU, runnable-but-waiting-for-a-core) seconds summed over this process's live
+    threads, from Linux schedstat; (0, 0) where it is not available."""
+    run = wait = 0
+    try:
+        tasks = list(Path("/proc/self/task").iterdir())
+    except OSError:
+        return 0.0, 0.0
+    for task in tasks:
+        try:
+            fields = (task / "schedstat").read_text().split()
+        except OSError:  # the thread exited
+            continue
+        run, wait = run + int(fields[0]), wait + int(fields[1])
+    return run * 1e-9, wait * 1e-9
+
+
 def round_medians(samples: Sequence[float], rounds: int) -> list[float]:
     """Median seconds of each round's block, from one fn's :func:`timed_rounds` samples."""
     n = len(samples) // rounds  # every round times the same number of calls per fn
