@@ -209,7 +209,8 @@ def run(args: argparse.Namespace) -> int:
             "## ONNX Runtime vs PyTorch eager, one thread (`rvm bench runtime --threads 1`)\n\n"
             "The deployed `RVMRuntime.step` against `to_model_input` + `RVM.step` under "
             "`torch.inference_mode`, interleaved rounds, median ms per step; ratio = median (and "
-            "range) over rounds of eager / ORT block medians; `onnx` = the "
+            "range) over rounds of eager / ORT block medians; best = ratio of the fastest "
+            "steps; wait = share of runnable time spent waiting for a core; `onnx` = the "
             "portable export, `ort` = the MultiHeadAttention contrib-op export.\n\n"
             f"```text\n{runtime.format_table(rt_rows)}\n```"
         )
