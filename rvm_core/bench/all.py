@@ -229,7 +229,7 @@ def run(args: argparse.Namespace) -> int:
 
     if "tracker" not in skip:
         print("[bench all] tracker + propagation", flush=True)
-        from rvm_ros.node import limit_blas_threads
+        from rvm_ros.blas_threads import limit_blas_threads
 
         limit_blas_threads(1)  # as the node runs its readouts (rvm_core/bench/tracker.py)
         hw = (96, 128) if quick else (480, 640)

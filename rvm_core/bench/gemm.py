@@ -33,7 +33,7 @@ def gemm_peak(
     import numpy as np
     import torch
 
-    from rvm_ros.node import limit_blas_threads
+    from rvm_ros.blas_threads import limit_blas_threads
 
     torch.set_num_threads(threads)
     # numpy's BLAS keeps its own pool (all cores by default); the peak must use `threads` too.

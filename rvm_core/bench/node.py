@@ -4,8 +4,9 @@ One run measures, on the same 640x480 (``--size``) frames:
 
 * **bare step**: ``RVMRuntime.step`` in this process (the node's model work alone), back to
   back and paced at ``--rate`` like the node's frames. Paced steps are slower (measured here:
-  ~15 vs ~12 ms for the default model at 640x480): between frames the cores idle and caches
-  go cold. The node's frames arrive paced, so its overhead is computed against the paced step;
+  ~15 vs ~12 ms for the default model at 640x480; busy-waiting between steps instead of
+  sleeping kept 12 ms): the cores idle between frames. The node's frames arrive paced, so its
+  overhead is computed against the paced step;
 * **relay**: a publisher process -> a subscriber in this process, sensor_msgs/Image of the
   same size (what ROS transport alone costs);
 * **node**: a publisher process -> ``rvm_node`` (its own process, default parameters: tracks
@@ -183,8 +184,8 @@ def bench_node(
     import numpy as np
     from sensor_msgs.msg import Image
 
+    from rvm_ros.blas_threads import limit_blas_threads
     from rvm_ros.msg import FeatureMap
-    from rvm_ros.node import limit_blas_threads
     from rvm_ros.runtime import RVMRuntime
 
     env = dict(os.environ)

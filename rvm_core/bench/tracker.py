@@ -106,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
         # numpy's OpenBLAS threads make the readouts' small matmuls ~100x slower when the cores
         # are busy (measured: 64x128 @ 128x256 took 13-24 ms vs 0.15 ms single-threaded), and
         # they fight torch's threads: measure with one, as the node runs.
-        from rvm_ros.node import limit_blas_threads
+        from rvm_ros.blas_threads import limit_blas_threads
 
         limit_blas_threads(1)
 
