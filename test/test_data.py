@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import av
@@ -22,6 +25,7 @@ from rvm_core.data import (
     sample_clip_indices,
     split_heldout,
 )
+from rvm_core.data.dataset import process_alive
 from rvm_core.data.video import FrameReader, VideoReadError
 
 H, W = 64, 96  # fixture frame size
@@ -279,6 +283,32 @@ def test_dataloader_two_workers(video_dir: Path, cache_dir: Path) -> None:
     assert torch.equal(again[0]["source"][0], ds[len(idx)]["source"])
     stats = measure_loader(build_loader(ds, batch_size=4, num_workers=2), num_batches=5, warmup=1)
     assert stats["samples_per_s"] > 0
+
+
+def test_workers_exit_when_the_trainer_is_killed(video_dir: Path, cache_dir: Path) -> None:
+    """A SIGKILLed training process leaves no loader workers behind: they are forkserver
+    children, which PyTorch's parent-pid watchdog does not cover (they used to live on)."""
+    code = (
+        "import time\n"
+        "from rvm_core.data import ClipSamplingConfig, CropConfig, VideoClipDataset, build_loader\n"
+        f"ds = VideoClipDataset({str(video_dir)!r}, ClipSamplingConfig(), "
+        f"cache_dir={str(cache_dir)!r}, crop=CropConfig(size=32))\n"
+        "loader = build_loader(ds, batch_size=4, num_workers=2)\n"
+        "next(iter(loader))\n"
+        "print(*[w.pid for w in loader._iterator._workers], flush=True)\n"
+        "time.sleep(300)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        workers = [int(pid) for pid in proc.stdout.readline().split()]
+        assert len(workers) == 2 and all(map(process_alive, workers))
+    finally:
+        proc.kill()
+        proc.wait()
+    deadline = time.monotonic() + 30
+    while any(map(process_alive, workers)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(map(process_alive, workers)), f"workers {workers} outlived the trainer"
 
 
 def test_direct_decoding_in_workers(video_dir: Path) -> None:

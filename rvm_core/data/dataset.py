@@ -8,7 +8,11 @@ global position). Resuming = starting the sampler at the number of samples alrea
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
+import threading
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -207,10 +211,37 @@ class VideoClipDataset(torch.utils.data.Dataset):
         raise RuntimeError(f"sample {n}: {_MAX_FALLBACKS} clip windows in a row failed to decode")
 
 
-def _worker_init(_: int) -> None:
+def _worker_init(_: int, trainer_pid: int) -> None:
     # 2-core machines: one thread per worker, otherwise cv2/torch threads oversubscribe the CPU
     cv2.setNumThreads(1)
     torch.set_num_threads(1)
+    # Workers are children of the forkserver, not of the trainer, and every forkserver child
+    # keeps the server alive. So when the trainer is killed (SIGKILL, OOM killer, preemption),
+    # PyTorch's worker watchdog (it compares the parent pid) never fires, and the workers and
+    # their shared-memory batches would outlive it for good. Exit when the trainer is gone.
+    threading.Thread(target=_exit_when_gone, args=(trainer_pid,), daemon=True).start()
+
+
+def _exit_when_gone(pid: int, period_s: float = 1.0) -> None:
+    """Poll until process ``pid`` is gone, then end this process at once."""
+    while process_alive(pid):
+        time.sleep(period_s)
+    os._exit(0)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` is running; a zombie (killed, not yet reaped) counts as gone."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no /proc (e.g. macOS): os.kill's answer stands
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 class ClipLoader(torch.utils.data.DataLoader):
@@ -265,7 +296,7 @@ def build_loader(
         kwargs.update(
             prefetch_factor=prefetch_factor,
             persistent_workers=True,
-            worker_init_fn=_worker_init,
+            worker_init_fn=functools.partial(_worker_init, trainer_pid=os.getpid()),
             # Forking a process that already runs other threads (CUDA, NCCL, a ROS executor,
             # DDS) can copy held locks into the workers and hang them; forkserver starts each
             # worker from a clean single-threaded server instead.
