@@ -18,6 +18,7 @@ from rvm_core.data import (
     ClipSamplingConfig,
     CropConfig,
     VideoClipDataset,
+    build_cache,
     build_loader,
     list_videos,
     measure_loader,
@@ -25,8 +26,8 @@ from rvm_core.data import (
     sample_clip_indices,
     split_heldout,
 )
-from rvm_core.data.dataset import process_alive
 from rvm_core.data.video import FrameReader, VideoReadError
+from rvm_core.data.watchdog import process_alive
 
 H, W = 64, 96  # fixture frame size
 
@@ -283,6 +284,16 @@ def test_dataloader_two_workers(video_dir: Path, cache_dir: Path) -> None:
     assert torch.equal(again[0]["source"][0], ds[len(idx)]["source"])
     stats = measure_loader(build_loader(ds, batch_size=4, num_workers=2), num_batches=5, warmup=1)
     assert stats["samples_per_s"] > 0
+
+
+def test_cache_build_in_worker_processes(video_dir: Path, tmp_path: Path) -> None:
+    """Decoding into the cache with a process pool gives the same index as in-process."""
+    one = build_cache(video_dir, tmp_path / "one")
+    pool = build_cache(video_dir, tmp_path / "pool", num_workers=2)
+    assert [(v.source, v.num_frames) for v in pool.videos] == [
+        (v.source, v.num_frames) for v in one.videos
+    ]
+    assert sorted(pool.skipped) == sorted(one.skipped) and one.videos
 
 
 def test_workers_exit_when_the_trainer_is_killed(video_dir: Path, cache_dir: Path) -> None:

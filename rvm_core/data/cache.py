@@ -35,6 +35,7 @@ from rvm_core.data.video import (
     list_videos,
     resize_frame,
 )
+from rvm_core.data.watchdog import exit_with
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +171,9 @@ def build_cache(
     jobs = [(p, cache_dir, short_side, max_frames) for p in paths]
     t0 = time.perf_counter()
     if num_workers > 1 and len(jobs) > 1:
-        with ProcessPoolExecutor(num_workers) as ex:
+        # The workers end with this process even if it is killed mid-build (they would block
+        # on the job queue forever otherwise).
+        with ProcessPoolExecutor(num_workers, initializer=exit_with, initargs=(os.getpid(),)) as ex:
             results = list(ex.map(_cache_one, jobs))
     else:
         results = [_cache_one(j) for j in jobs]

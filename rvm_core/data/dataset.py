@@ -11,8 +11,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import threading
-import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +30,7 @@ from rvm_core.data.sampler import (
 )
 from rvm_core.data.transforms import CropConfig, apply_crop, sample_crop
 from rvm_core.data.video import FrameReader, VideoReadError, list_videos
+from rvm_core.data.watchdog import exit_with
 
 log = logging.getLogger(__name__)
 
@@ -218,30 +217,8 @@ def _worker_init(_: int, trainer_pid: int) -> None:
     # Workers are children of the forkserver, not of the trainer, and every forkserver child
     # keeps the server alive. So when the trainer is killed (SIGKILL, OOM killer, preemption),
     # PyTorch's worker watchdog (it compares the parent pid) never fires, and the workers and
-    # their shared-memory batches would outlive it for good. Exit when the trainer is gone.
-    threading.Thread(target=_exit_when_gone, args=(trainer_pid,), daemon=True).start()
-
-
-def _exit_when_gone(pid: int, period_s: float = 1.0) -> None:
-    """Poll until process ``pid`` is gone, then end this process at once."""
-    while process_alive(pid):
-        time.sleep(period_s)
-    os._exit(0)
-
-
-def process_alive(pid: int) -> bool:
-    """Whether process ``pid`` is running; a zombie (killed, not yet reaped) counts as gone."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True  # no /proc (e.g. macOS): os.kill's answer stands
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    # their shared-memory batches would outlive it for good.
+    exit_with(trainer_pid)
 
 
 class ClipLoader(torch.utils.data.DataLoader):
