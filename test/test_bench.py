@@ -127,15 +127,17 @@ def test_paired_round_ratio_cancels_load_between_rounds() -> None:
         if state["last"] == "fast":
             state["load"] *= 2.0
         state["last"] = "slow"
-        time.sleep(0.002 * state["load"])
+        time.sleep(0.008 * state["load"])
 
     def fast() -> None:
         state["last"] = "fast"
-        time.sleep(0.001 * state["load"])
+        time.sleep(0.004 * state["load"])
 
     rounds = 4
-    times = timed_rounds({"slow": slow, "fast": fast}, rounds, frames=3, block_seconds=0.01)
+    times = timed_rounds({"slow": slow, "fast": fast}, rounds, frames=3, block_seconds=0.05)
     assert round_medians([1, 2, 3, 10, 20, 30], 2) == [2, 20]
+    with pytest.raises(ValueError, match="equal rounds"):
+        round_medians([1, 2, 3], 2)
     slow_r, fast_r = round_medians(times["slow"], rounds), round_medians(times["fast"], rounds)
     assert len(slow_r) == len(fast_r) == rounds and slow_r[-1] > 4 * slow_r[0]
     assert all(1.5 < s / f < 2.5 for s, f in zip(slow_r, fast_r))
@@ -152,3 +154,17 @@ def test_gemm_peak_needs_no_ros() -> None:
         "sys.exit(1 if 'rclpy' in sys.modules or not p['peak'] > 0 else 0)"
     )
     assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
+
+
+def test_wait_share_counts_threads_present_in_both_reads() -> None:
+    """Waiting share between two schedstat reads; a thread that exited in between is ignored."""
+    import math
+
+    from rvm_core.bench.common import sched_times, wait_share
+
+    before = {1: (100, 10), 2: (50, 50)}
+    after = {1: (190, 20), 3: (5, 500)}  # thread 2 exited, thread 3 is new
+    assert wait_share(before, after) == pytest.approx(10 / 100)
+    assert math.isnan(wait_share({}, {}))
+    now = sched_times()
+    assert all(run >= 0 and wait >= 0 for run, wait in now.values())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import select
 import subprocess
 import sys
 import time
@@ -309,17 +310,50 @@ def test_workers_exit_when_the_trainer_is_killed(video_dir: Path, cache_dir: Pat
         "print(*[w.pid for w in loader._iterator._workers], flush=True)\n"
         "time.sleep(300)\n"
     )
+    workers = _kill_after_first_line(code)
+    assert len(workers) == 2
+    _assert_all_exit(workers, "the trainer")
+
+
+def test_fork_child_exits_with_its_killed_parent() -> None:
+    """The cache-build pool's case: a fork child blocked on a queue only the dead parent could
+    close ends within seconds of the parent's SIGKILL, via ``exit_with`` as its initializer."""
+    code = (
+        "import multiprocessing as mp, os, time\n"
+        "from rvm_core.data.watchdog import exit_with\n"
+        "def child(q, parent):\n"
+        "    exit_with(parent)\n"
+        "    q.get()\n"
+        "if __name__ == '__main__':\n"
+        "    q = mp.get_context('fork').Queue()\n"
+        "    p = mp.get_context('fork').Process(target=child, args=(q, os.getpid()))\n"
+        "    p.start()\n"
+        "    print(p.pid, flush=True)\n"
+        "    time.sleep(300)\n"
+    )
+    (pid,) = _kill_after_first_line(code)
+    _assert_all_exit([pid], "its parent")
+
+
+def _kill_after_first_line(code: str, timeout: float = 120.0) -> list[int]:
+    """Run ``code`` in a new Python, read the pids it prints on its first line, SIGKILL it."""
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
-        workers = [int(pid) for pid in proc.stdout.readline().split()]
-        assert len(workers) == 2 and all(map(process_alive, workers))
+        ready, _, _ = select.select([proc.stdout], [], [], timeout)
+        assert ready, f"no output within {timeout:.0f} s"
+        pids = [int(pid) for pid in proc.stdout.readline().split()]
+        assert pids and all(map(process_alive, pids))
     finally:
         proc.kill()
         proc.wait()
-    deadline = time.monotonic() + 30
-    while any(map(process_alive, workers)) and time.monotonic() < deadline:
+    return pids
+
+
+def _assert_all_exit(pids: list[int], owner: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while any(map(process_alive, pids)) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not any(map(process_alive, workers)), f"workers {workers} outlived the trainer"
+    assert not any(map(process_alive, pids)), f"processes {pids} outlived {owner}"
 
 
 def test_direct_decoding_in_workers(video_dir: Path) -> None:

@@ -221,7 +221,7 @@ def run(args: argparse.Namespace) -> int:
                 [
                     f"ORT / eager step, RVM {r['model']} ({r['attention']} export), 1 thread",
                     f"{r['speedup']:.2f}x (rounds {lo:.2f}-{hi:.2f}x, best steps "
-                    f"{r['speedup_best']:.2f}x, wait {r['wait_share']:.0%})",
+                    f"{r['speedup_best']:.2f}x, wait {runtime.format_share(r['wait_share'])})",
                     f">= {target:g}x",
                     "met" if r["speedup"] >= target else "missed",
                 ]

@@ -92,26 +92,40 @@ def timed_rounds(
     return times
 
 
-def sched_seconds() -> tuple[float, float]:
-    """(on-CPU, runnable-but-waiting-for-a-core) seconds summed over this process's live
-    threads, from Linux schedstat; (0, 0) where it is not available."""
-    run = wait = 0
+def sched_times() -> dict[int, tuple[int, int]]:
+    """Per thread of this process: (on-CPU ns, runnable-but-waiting ns); {} without schedstat."""
+    out = {}
     try:
         tasks = list(Path("/proc/self/task").iterdir())
     except OSError:
-        return 0.0, 0.0
+        return out
     for task in tasks:
         try:
-            fields = (task / "schedstat").read_text().split()
-        except OSError:  # the thread exited
+            run, wait = (task / "schedstat").read_text().split()[:2]
+        except (OSError, ValueError):  # the thread exited, or no schedstat
             continue
-        run, wait = run + int(fields[0]), wait + int(fields[1])
-    return run * 1e-9, wait * 1e-9
+        out[int(task.name)] = (int(run), int(wait))
+    return out
+
+
+def wait_share(before: dict[int, tuple[int, int]], after: dict[int, tuple[int, int]]) -> float:
+    """Share of runnable time spent waiting for a core between two :func:`sched_times` reads.
+
+    Only threads present in both reads count (one that exited took its counters with it);
+    NaN when unknown (no schedstat).
+    """
+    run = wait = 0
+    for tid, (r1, w1) in after.items():
+        if tid in before:
+            run, wait = run + r1 - before[tid][0], wait + w1 - before[tid][1]
+    return wait / (run + wait) if run + wait > 0 else float("nan")
 
 
 def round_medians(samples: Sequence[float], rounds: int) -> list[float]:
     """Median seconds of each round's block, from one fn's :func:`timed_rounds` samples."""
-    n = len(samples) // rounds  # every round times the same number of calls per fn
+    n, extra = divmod(len(samples), rounds)
+    if extra or not n:  # timed_rounds times the same number of calls per fn in every round
+        raise ValueError(f"{len(samples)} samples do not split into {rounds} equal rounds")
     return [statistics.median(samples[i * n : (i + 1) * n]) for i in range(rounds)]
 
 

@@ -29,7 +29,11 @@ def _best_rate(fn: Callable[[], object], flops: float, repeats: int, seconds: fl
 def gemm_peak(
     sizes: tuple[int, ...] = (1024, 2048), repeats: int = 5, seconds: float = 0.5, threads: int = 2
 ) -> dict[str, float]:
-    """Best fp32 square-matmul GFLOP/s via torch and numpy over ``sizes``; ``peak`` = the max."""
+    """Best fp32 square-matmul GFLOP/s via torch and numpy over ``sizes``; ``peak`` = the max.
+
+    Sets torch's and numpy's (OpenBLAS) thread counts to ``threads`` for the whole process.
+    numpy is left out when its BLAS is not OpenBLAS (its pool size cannot be set here).
+    """
     import numpy as np
     import torch
 
@@ -37,8 +41,7 @@ def gemm_peak(
 
     torch.set_num_threads(threads)
     # numpy's BLAS keeps its own pool (all cores by default); the peak must use `threads` too.
-    # Process-wide, like torch.set_num_threads: later numpy calls in this process use it.
-    limit_blas_threads(threads)
+    with_numpy = limit_blas_threads(threads)
     out: dict[str, float] = {}
     rng = np.random.default_rng(0)
     for n in sizes:
@@ -51,7 +54,8 @@ def gemm_peak(
         torch_mm = functools.partial(torch.mm, ta, tb, out=tc)
         numpy_mm = functools.partial(np.matmul, a, b, out=c)
         out[f"torch_{n}"] = _best_rate(torch_mm, flops, repeats, seconds)
-        out[f"numpy_{n}"] = _best_rate(numpy_mm, flops, repeats, seconds)
+        if with_numpy:
+            out[f"numpy_{n}"] = _best_rate(numpy_mm, flops, repeats, seconds)
     out["peak"] = max(out.values())
     return out
 

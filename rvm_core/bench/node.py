@@ -3,10 +3,10 @@
 One run measures, on the same 640x480 (``--size``) frames:
 
 * **bare step**: ``RVMRuntime.step`` in this process (the node's model work alone), back to
-  back and paced at ``--rate`` like the node's frames. Paced steps are slower (measured here:
-  ~15 vs ~12 ms for the default model at 640x480; busy-waiting between steps instead of
-  sleeping kept 12 ms): the cores idle between frames. The node's frames arrive paced, so its
-  overhead is computed against the paced step;
+  back and paced at ``--rate`` like the node's frames. Paced steps are slower (measured here
+  for the default model at 640x480: 1-3 ms out of 12; busy-waiting between steps instead of
+  sleeping removed the difference): the cores idle between frames. The node's frames arrive
+  paced, so its overhead is computed against the paced step;
 * **relay**: a publisher process -> a subscriber in this process, sensor_msgs/Image of the
   same size (what ROS transport alone costs);
 * **node**: a publisher process -> ``rvm_node`` (its own process, default parameters: tracks
@@ -162,6 +162,19 @@ def _play(seconds: float, rate: float, hw: tuple[int, int], env: dict[str, str])
         return np.load(out, allow_pickle=False)
 
 
+def _time_steps(rt: Any, frames: Any, n: int, rate: float | None = None) -> list[float]:
+    """Seconds of ``n`` runtime steps over ``frames``, back to back or started at ``rate`` Hz."""
+    times = []
+    start = time.perf_counter()
+    for i in range(max(1, n)):
+        if rate:
+            time.sleep(max(0.0, start + i / rate - time.perf_counter()))
+        t = time.perf_counter()
+        rt.step(frames[i % len(frames)])
+        times.append(time.perf_counter() - t)
+    return times
+
+
 def _stats(lat_s: Any) -> dict[str, float]:
     """p50/p95 (ms) and count of latencies given in seconds."""
     from rvm_ros.stats import percentiles
@@ -199,23 +212,10 @@ def bench_node(
     # (a) bare runtime step on the same frames: back to back, then paced at the node's rate.
     rt = RVMRuntime(model, device="cpu", threads=threads or None)
     out["model_id"] = rt.metadata.model_id
-    for i in range(3):
-        rt.step(frames[i % len(frames)])
-    times = []
-    for i in range(steps):
-        t = time.perf_counter()
-        rt.step(frames[i % len(frames)])
-        times.append(time.perf_counter() - t)
-    out["bare"] = _stats(times)
-    times = []
-    start = time.perf_counter()
-    for i in range(min(steps, max(1, round(seconds * rate)))):
-        time.sleep(max(0.0, start + i / rate - time.perf_counter()))
-        t = time.perf_counter()
-        rt.step(frames[i % len(frames)])
-        times.append(time.perf_counter() - t)
+    _time_steps(rt, frames, 3)  # warm-up
+    out["bare"] = _stats(_time_steps(rt, frames, steps))
+    out["bare_paced"] = _stats(_time_steps(rt, frames, min(steps, round(seconds * rate)), rate))
     del rt
-    out["bare_paced"] = _stats(times)
 
     # (b) plain rclpy relay: publisher process -> subscriber here.
     rx = _Receiver(Image, TOPIC)

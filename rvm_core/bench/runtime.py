@@ -12,25 +12,26 @@ block median (blocks a second apart see the same load), and the median of those 
 ratios is reported with their range, so load that comes and goes between rounds cancels
 instead of landing on one side. ``best`` is the ratio of the two fastest steps (``timeit``'s
 convention: slower repeats are interference, not the code). ``wait`` is the share of the
-timed steps' runnable time this process's threads spent waiting for a core (Linux schedstat):
-above 10% other load was taking the cores and the run is flagged. Achieved GFLOP/s uses the
-analytic count of :mod:`rvm_core.flops`; the GEMM peak is measured in the same run
-(:mod:`rvm_core.bench.gemm`).
+timed rounds' runnable time this process's threads spent waiting for a core (Linux schedstat;
+``-`` elsewhere): above 10% other load was taking the cores and the run is flagged. Achieved
+GFLOP/s uses the analytic count of :mod:`rvm_core.flops`; the GEMM peak is measured in the
+same run (:mod:`rvm_core.bench.gemm`).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .common import build_rvm, round_medians, sched_seconds, timed_rounds
+from .common import build_rvm, round_medians, sched_times, timed_rounds, wait_share
 
 # Above this share of its runnable time spent waiting for a core, the run competed for cores.
-BUSY_WAIT_SHARE = 0.1
+WAIT_SHARE_WARN = 0.1
 
 
 def bench_model(
@@ -82,10 +83,9 @@ def bench_model(
 
     fns: dict[str, Callable[[], object]] = {"eager": eager}
     fns.update({mode: ort_step(rt) for mode, rt in runtimes.items()})
-    run0, wait0 = sched_seconds()
+    before = sched_times()
     times = timed_rounds(fns, rounds, frames)
-    run, wait = (b - a for a, b in zip((run0, wait0), sched_seconds()))
-    wait_share = wait / (run + wait) if run + wait > 0 else float("nan")
+    waited = wait_share(before, sched_times())
     eager_ms = 1e3 * statistics.median(times["eager"])
     eager_rounds = round_medians(times["eager"], rounds)
     rows = []
@@ -106,7 +106,7 @@ def bench_model(
                 "eager_gflops": flops / eager_ms / 1e6,
                 "ort_gflops": flops / ort_ms / 1e6,
                 "samples": len(times[mode]),
-                "wait_share": wait_share,
+                "wait_share": waited,
             }
         )
     return rows
@@ -146,6 +146,11 @@ def bench_runtime(
     return rows, peak
 
 
+def format_share(x: float) -> str:
+    """A share as ``12%``, or ``-`` when unknown (NaN)."""
+    return "-" if math.isnan(x) else f"{x:.0%}"
+
+
 def format_table(rows: list[dict[str, Any]]) -> str:
     """The benchmark rows as a fixed-width text table."""
     head = (
@@ -161,7 +166,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
             f"{r['speedup_range'][0]:>5.2f}-{r['speedup_range'][1]:.2f}x "
             f"{r['speedup_best']:>4.2f}x "
             f"{r['ort_gflops']:>11.1f} {r['peak_gflops']:>9.1f} {r['utilisation']:>5.0%} "
-            f"{r['wait_share']:>4.0%}"
+            f"{format_share(r['wait_share']):>4}"
         )
     return "\n".join(lines)
 
@@ -196,10 +201,11 @@ def run(args: argparse.Namespace) -> int:
     )
     print(f"GEMM fp32 GFLOP/s: {gemm}")
     print(format_table(rows))
-    busy = max(r["wait_share"] for r in rows)
-    if busy > BUSY_WAIT_SHARE:
+    waited = max((r["wait_share"] for r in rows if not math.isnan(r["wait_share"])), default=0)
+    if waited > WAIT_SHARE_WARN:
         print(
-            f"warning: the timed steps spent {busy:.0%} of their runnable time waiting for a "
-            "core (other load on the machine): timings and ratios are unreliable; rerun idle"
+            f"warning: the timed rounds spent {waited:.0%} of their runnable time waiting for a "
+            "core (other load; at > 1 thread also this process's own spinning threads): "
+            "timings and ratios are unreliable"
         )
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import select
 import threading
 import time
 from pathlib import Path
@@ -24,15 +25,26 @@ def process_alive(pid: int) -> bool:
 
 
 def exit_with(pid: int, period_s: float = 1.0) -> None:
-    """From a worker process: end it (``os._exit``) within ``period_s`` of process ``pid``.
+    """From a worker process: end it (``os._exit``) as soon as process ``pid`` exits.
 
     For pool workers whose parent is not ``pid`` (forkserver children) or that block on a
     queue whose other end a dead parent can no longer close (fork children inherit it).
+    Linux waits on a pidfd, which a reused pid cannot fool; elsewhere ``pid`` is polled
+    every ``period_s`` seconds.
     """
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        os._exit(0)
+    except (AttributeError, OSError):  # not Linux >= 5.3
+        pidfd = None
 
     def watch() -> None:
-        while process_alive(pid):
-            time.sleep(period_s)
+        if pidfd is not None:
+            select.select([pidfd], [], [])  # readable once the process has exited
+        else:
+            while process_alive(pid):
+                time.sleep(period_s)
         os._exit(0)
 
     threading.Thread(target=watch, name=f"exit-with-{pid}", daemon=True).start()
