@@ -119,7 +119,7 @@ def test_tracker_suite_quick() -> None:
 def test_paired_round_ratio_cancels_load_between_rounds() -> None:
     """Load that doubles every round hits both sides of that round: per-round ratios stay at
     the true 2x while the per-round times themselves grow 8x."""
-    from rvm_core.bench.common import round_medians, timed_rounds
+    from rvm_core.bench.common import paired_ratios, round_medians, timed_rounds
 
     state = {"load": 1.0, "last": ""}
 
@@ -141,6 +141,9 @@ def test_paired_round_ratio_cancels_load_between_rounds() -> None:
     slow_r, fast_r = round_medians(times["slow"], rounds), round_medians(times["fast"], rounds)
     assert len(slow_r) == len(fast_r) == rounds and slow_r[-1] > 4 * slow_r[0]
     assert all(1.5 < s / f < 2.5 for s, f in zip(slow_r, fast_r))
+    assert paired_ratios(times["slow"], times["fast"], rounds) == [
+        s / f for s, f in zip(slow_r, fast_r)
+    ]
 
 
 def test_gemm_peak_needs_no_ros() -> None:

@@ -129,6 +129,12 @@ def round_medians(samples: Sequence[float], rounds: int) -> list[float]:
     return [statistics.median(samples[i * n : (i + 1) * n]) for i in range(rounds)]
 
 
+def paired_ratios(num: Sequence[float], den: Sequence[float], rounds: int) -> list[float]:
+    """Per round, ``num``'s block median / ``den``'s block median (two fns of one
+    :func:`timed_rounds` run): blocks of a round see the same load, so its changes cancel."""
+    return [n / d for n, d in zip(round_medians(num, rounds), round_medians(den, rounds))]
+
+
 def median_ms(samples: Sequence[float]) -> float:
     """Median of per-call seconds, in milliseconds."""
     return 1e3 * statistics.median(samples)

@@ -28,8 +28,8 @@ from .common import (
     build_rvm,
     md_table,
     median_ms,
+    paired_ratios,
     pyplot,
-    round_medians,
     save_figure,
     timed_rounds,
 )
@@ -196,19 +196,17 @@ def measure_size(
         }
     with torch.inference_mode():
         times = timed_rounds(fns, rounds, frames, block_seconds=1.0)
-    base = round_medians(times["RVM"], rounds)
     rows = []
     for label, samples in times.items():
         ms = median_ms(samples)
-        own = round_medians(samples, rounds)
         rows.append(
             {
                 "size": name,
                 "model": label,
                 **info[label],
                 "ms": ms,
-                "vs_rvm": statistics.median(t / b for t, b in zip(own, base)),
-                "rvm_vs": statistics.median(b / t for t, b in zip(own, base)),
+                "vs_rvm": statistics.median(paired_ratios(samples, times["RVM"], rounds)),
+                "rvm_vs": statistics.median(paired_ratios(times["RVM"], samples, rounds)),
                 "samples": len(samples),
             }
         )

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .common import build_rvm, round_medians, sched_times, timed_rounds, wait_share
+from .common import build_rvm, median_ms, paired_ratios, sched_times, timed_rounds, wait_share
 
 # Above this share of its runnable time spent waiting for a core, the run competed for cores.
 WAIT_SHARE_WARN = 0.1
@@ -86,12 +86,11 @@ def bench_model(
     before = sched_times()
     times = timed_rounds(fns, rounds, frames)
     waited = wait_share(before, sched_times())
-    eager_ms = 1e3 * statistics.median(times["eager"])
-    eager_rounds = round_medians(times["eager"], rounds)
+    eager_ms = median_ms(times["eager"])
     rows = []
     for mode in attention:
-        ort_ms = 1e3 * statistics.median(times[mode])
-        ratios = [e / o for e, o in zip(eager_rounds, round_medians(times[mode], rounds))]
+        ort_ms = median_ms(times[mode])
+        ratios = paired_ratios(times["eager"], times[mode], rounds)
         rows.append(
             {
                 "model": label,
