@@ -95,10 +95,21 @@ def setup(device: str = "auto", timeout_min: int = 60) -> DistEnv:
     return env
 
 
-def teardown(env: DistEnv) -> None:
-    """Leave the process group (if this module created one)."""
-    if env.backend is not None and dist.is_initialized():
-        dist.destroy_process_group()
+def teardown(env: DistEnv, clean: bool = True) -> None:
+    """Leave the process group (if this module created one); ``clean``: after a run that ended
+    normally on every rank."""
+    if env.backend is None or not dist.is_initialized():
+        return
+    if clean:
+        # The last collective must not be one that holds Python tensors: gloo releases a finished
+        # collective's tensors on its worker thread, which needs the GIL, and destroy_process_group
+        # does not stop that thread. A rank that exits right after such a collective aborts in
+        # interpreter shutdown ("terminate called without an active exception"; seen as SIGABRT or
+        # a hang). A barrier holds no tensors, and while this rank waits in it (GIL released) the
+        # worker thread finishes with the previous ones. After a failure other ranks may be inside
+        # a collective, so no barrier then.
+        dist.barrier()
+    dist.destroy_process_group()
 
 
 def resolve_strategy(strategy: str, model_name: str, env: DistEnv) -> str:

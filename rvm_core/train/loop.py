@@ -95,9 +95,12 @@ def train(cfg: TrainConfig, resume: bool = False, save: bool = True) -> dict[str
     # -- setup: process group, device, threads, precision ------------------------------------
     env = setup(cfg.run.device, cfg.run.dist_timeout_min)
     try:
-        return _train(cfg, env, resume, save)
-    finally:
-        teardown(env)
+        summary = _train(cfg, env, resume, save)
+    except BaseException:
+        teardown(env, clean=False)
+        raise
+    teardown(env)
+    return summary
 
 
 def _train(cfg: TrainConfig, env: DistEnv, resume: bool, save: bool) -> dict[str, Any]:
