@@ -239,3 +239,23 @@ def test_bf16_autocast_matches_fp32(model):
             low = model.encode_video(video)
     assert torch.isfinite(low).all()
     assert (low.float() - ref).abs().max() < 0.1
+
+
+def test_gelu_tanh_inference_form_matches_the_fused_op() -> None:
+    """The in-place CPU inference form equals PyTorch's tanh GELU; autograd keeps the fused op."""
+    import torch.nn.functional as F
+
+    from rvm_core.model.blocks import gelu_tanh
+
+    x = torch.randn(3, 257, 96, generator=torch.Generator().manual_seed(0)) * 4
+    ref = F.gelu(x, approximate="tanh")
+    for ctx in (torch.inference_mode, torch.no_grad):
+        with ctx():
+            out = gelu_tanh(x)
+        torch.testing.assert_close(out, ref, rtol=0, atol=1e-6)
+    assert out.data_ptr() != x.data_ptr()  # the input is not overwritten
+    xg = x.clone().requires_grad_()
+    gelu_tanh(xg).sum().backward()
+    assert gelu_tanh(xg).grad_fn.name() == "GeluBackward0"
+    ref_grad = torch.autograd.grad(F.gelu(xg, approximate="tanh").sum(), xg)[0]
+    torch.testing.assert_close(xg.grad, ref_grad, rtol=0, atol=0)

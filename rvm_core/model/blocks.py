@@ -6,11 +6,28 @@ biased q/k/v/out projections, MLPs use tanh-approximated GELU, LayerNorm eps is 
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 LN_EPS = 1e-6
+
+# tanh GELU: 0.5 x (1 + tanh(z)) = x sigmoid(2z), z = sqrt(2/pi) (x + 0.044715 x^3)
+_GELU_A = 2 * math.sqrt(2 / math.pi)
+_GELU_B = _GELU_A * 0.044715
+
+
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    """tanh-approximated GELU (Flax ``nn.gelu`` default), elementwise."""
+    if x.device.type != "cpu" or torch.is_grad_enabled() or torch.onnx.is_in_onnx_export():
+        return F.gelu(x, approximate="tanh")
+    # CPU inference: PyTorch's fused kernel for the tanh form is ~5x slower than its erf GELU
+    # (417 vs 84 us on [1,257,1536], 2 threads); these four passes over one buffer take ~205 us,
+    # RVM-S steps 5% faster, and agree with it to 5e-7. Autograd and export keep the fused op.
+    t = torch.addcmul(x.new_tensor(_GELU_A), x, x, value=_GELU_B)
+    return t.mul_(x).sigmoid_().mul_(x)
 
 
 def layer_norm(dim: int) -> nn.LayerNorm:
@@ -53,7 +70,7 @@ class MLP(nn.Module):
         self.dense_out = nn.Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dense_out(F.gelu(self.dense_in(x), approximate="tanh"))
+        return self.dense_out(gelu_tanh(self.dense_in(x)))
 
 
 class PreNormBlock(nn.Module):
