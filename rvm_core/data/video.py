@@ -166,7 +166,9 @@ def _open_container(path: Path) -> tuple[av.container.InputContainer, av.VideoSt
         container.close()
         raise VideoReadError("no video stream")
     stream = container.streams.video[0]
-    stream.thread_type = "AUTO"
+    # Not frame threads: with them FFmpeg's H.264 decoder applies stream-level workarounds (for
+    # files from old x264 builds) to some frames and not others, differently on every run.
+    stream.thread_type = "SLICE"
     return container, stream
 
 
@@ -351,15 +353,22 @@ class FrameReader:
         container, stream = _open_container(self.path)
         with closing(container), _reading("decode failed"):
             first = wanted[0]
-            if self._pts is not None and first > 0:
+            seek = self._pts is not None and first > 0
+            if seek:
+                # Decode frame 0 before seeking: some decoder state arrives only with it. x264's
+                # version SEI selects FFmpeg's workarounds for old x264 builds, and a decoder that
+                # starts at a later keyframe without it decodes such files differently
+                # (imageio's cockatoo.mp4: green frames from frame 76 on).
+                next(container.decode(stream), None)
                 # seek lands on the keyframe at or before frame `first`; pts tells where we are
                 container.seek(self._pts[first], stream=stream, backward=True, any_frame=False)
             idx = -1
             for frame in container.decode(stream):
                 if self._pts is not None and frame.pts is not None:
                     idx = bisect.bisect_left(self._pts, frame.pts)
-                    if idx > first and not got:
-                        # overshot (seek imprecise for this container): restart from the top
+                    if seek and ((idx > first and not got) or frame.is_corrupt):
+                        # overshot (seek imprecise for this container), or the decoder cannot
+                        # start at this keyframe: decode from the top instead
                         return self._read_sequential(wanted, indices)
                 else:
                     idx += 1
