@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 
 from rvm_core.checkpoint import build_model, load_model
 from rvm_core.train.config import TrainConfig, load_config
-from rvm_core.train.distributed import DistEnv, grad_sync, teardown, wrap_model
+from rvm_core.train.distributed import DistEnv, exit_process, grad_sync, teardown, wrap_model
 from rvm_core.train.loop import forward_loss, sample_masks, train
 from rvm_core.train.optim import lr_at
 from rvm_core.train.report import read_metrics
@@ -329,11 +329,9 @@ def _parallel_worker(rank: int, world: int, init_file: str, out_dir: str, strate
         grads = _grads(model)
         if rank == 0:
             save_file({k: v.contiguous() for k, v in grads.items()}, f"{out_dir}/{strategy}.st")
-    except BaseException:
-        teardown(env, clean=False)
-        raise
-    # rank 1 reaches this right after its last all-gather: the case teardown's barrier is for
-    teardown(env)
+    finally:
+        teardown(env)
+    exit_process(0)  # as `rvm pretrain` ends a gloo rank (rank 1 exits right after an all-gather)
 
 
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])

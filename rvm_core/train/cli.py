@@ -37,6 +37,10 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
             f"done: {summary['steps']} steps, last loss {summary['loss'][-1]:.4f}, run dir "
             f"{summary['run_dir']}"
         )
+    if summary["backend"] == "gloo":
+        from .distributed import exit_process
+
+        exit_process(0)  # the run is saved; interpreter shutdown could abort (see there)
     return 0
 
 

@@ -95,12 +95,9 @@ def train(cfg: TrainConfig, resume: bool = False, save: bool = True) -> dict[str
     # -- setup: process group, device, threads, precision ------------------------------------
     env = setup(cfg.run.device, cfg.run.dist_timeout_min)
     try:
-        summary = _train(cfg, env, resume, save)
-    except BaseException:
-        teardown(env, clean=False)
-        raise
-    teardown(env)
-    return summary
+        return _train(cfg, env, resume, save)
+    finally:
+        teardown(env)
 
 
 def _train(cfg: TrainConfig, env: DistEnv, resume: bool, save: bool) -> dict[str, Any]:
@@ -339,6 +336,7 @@ def _train(cfg: TrainConfig, env: DistEnv, resume: bool, save: bool) -> dict[str
         "samples_per_s": steps_session * cfg.optim.batch_size / max(elapsed, 1e-9),
         "data_wait_frac": wait_session / max(elapsed, 1e-9),
         "world_size": env.world_size,
+        "backend": env.backend,
         "strategy": strategy,
     }
 
