@@ -68,7 +68,7 @@ $(IFACE_STAMP): $(PIP_STAMP) CMakeLists.txt package.xml $(INTERFACES)
 		|| { cat $(BUILD)/cmake-build.log; exit 1; }
 	$(ROS_ENV) $(CMAKE) --install $(BUILD)/cmake > $(BUILD)/cmake-install.log 2>&1 \
 		|| { cat $(BUILD)/cmake-install.log; exit 1; }
-	$(PY) -c 'from rvm_ros.msg import FeatureMap, PointTracks; from rvm_ros.srv import AddQueries'
+	$(PY) -c 'from rvm_ros.msg import FeatureMap, PointTracks; from rvm_ros.srv import AddQueries, SetMask'
 	touch $@
 
 test: setup

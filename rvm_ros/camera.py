@@ -21,6 +21,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from rvm_ros.image_codec import DEFAULT_MAX_PIXELS, ImageError, decode_compressed, decode_image
+from rvm_ros.masks import MaskTracker, Shapes
 from rvm_ros.stats import CameraStats
 
 
@@ -153,6 +154,13 @@ class CameraPipeline:
         self._last_stamp: float | None = None
         self._last_hw: tuple[int, int] | None = None
         self._reset_requested: str | None = None
+        self.masks = MaskTracker()
+        self.mask_failures = 0  # seeds that did not fit their frame, propagation errors
+
+    @property
+    def image_hw(self) -> tuple[int, int] | None:
+        """Size of the last processed frame (None before the first)."""
+        return self._last_hw
 
     # -- executor side -----------------------------------------------------------------------
     def submit(self, msg: Any, compressed: bool = False) -> None:
@@ -181,7 +189,12 @@ class CameraPipeline:
         with self._lock:
             self._reset_requested = reason
             self._tracks.pending.clear()
+            self.masks.clear()
             return (self.sequence_id + 1) & 0xFFFFFFFF
+
+    def set_mask(self, labels: np.ndarray | None, shapes: Shapes | None = None) -> None:
+        """Start propagating a seed (label ids [H,W] and/or shapes) from the next frame."""
+        self.masks.set(labels, shapes)
 
     def add_queries(self, xy: np.ndarray) -> np.ndarray:
         """Queue points [K,2] (x, y source px) for the next processed frame -> public ids [K]."""
@@ -214,6 +227,7 @@ class CameraPipeline:
     def _reset(self, reason: str) -> None:
         self.runtime.reset(stream=self.name)
         self._tracker.reset()
+        self.masks.clear(keep_pending=True)  # a seed queued for the coming frame still applies
         t = self._tracks
         t.public.clear()
         t.lost.clear()
@@ -303,6 +317,17 @@ class CameraPipeline:
             age,
         )
         return result
+
+    def update_mask(self, result: Result, want_image: bool = True) -> np.ndarray | None:
+        """Step the mask on a processed frame -> label ids uint8 [H,W] (None: no mask, not
+        wanted, or a failure, which is warned and counted)."""
+        try:
+            return self.masks.update(result.features, result.image_hw, want_image)
+        except Exception as exc:  # a bad seed must not stop the camera
+            self.masks.clear(keep_pending=True)
+            self.mask_failures += 1
+            self.warn("mask", f"{self.name}: mask dropped: {exc}")
+            return None
 
     def _model_input(self, rgb: np.ndarray) -> np.ndarray:
         """Resize to the graph's fixed camera size if needed (INTER_AREA when shrinking)."""

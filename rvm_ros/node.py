@@ -1,22 +1,33 @@
-"""``rvm_node``: camera images in, dense RVM features and point tracks out (a thin ROS shell).
+"""``rvm_node``: camera images in, dense RVM features, point tracks and masks out (a ROS shell).
 
 All processing lives in :class:`rvm_ros.camera.CameraPipeline` (plain Python, tested without
 ROS); this module wires parameters, subscriptions, publishers, services and timers to it.
 
+A managed (lifecycle) node: ``configure`` loads the model and runtime and creates publishers and
+services, ``activate`` subscribes and starts publishing, ``deactivate`` stops both and keeps the
+configuration (model, camera states), ``cleanup``/``shutdown`` release everything. With the
+parameter ``autostart`` (default true) the node configures and activates itself on start.
+
 Per camera topic ``T`` (parameter ``image_topics``; a topic ending in ``/compressed`` is
 subscribed as sensor_msgs/CompressedImage, its outputs go under the topic without the suffix):
-``T/rvm/features`` (FeatureMap), ``T/rvm/tracks`` (PointTracks), ``T/rvm/debug_image``
-(sensor_msgs/Image, only when ``publish_debug_image`` and someone subscribes) and the service
-``T/rvm/reset`` (std_srvs/Trigger). Node-wide: ``~/stats`` (NodeStats, one per camera per
-period), services ``~/reset``, ``~/add_queries``, ``~/remove_tracks``.
+``T/rvm/features`` (FeatureMap), ``T/rvm/tracks`` (PointTracks), ``T/rvm/masks``
+(sensor_msgs/Image mono8 label ids, while a mask is set), ``T/rvm/debug_image`` (only when
+``publish_debug_image`` and someone subscribes), services ``T/rvm/reset`` (std_srvs/Trigger)
+and ``T/rvm/set_mask`` (SetMask). Node-wide: ``/diagnostics`` (DiagnosticArray, every
+``diagnostics.period_sec``), ``~/stats`` (NodeStats), services ``~/reset``, ``~/add_queries``,
+``~/remove_tracks``.
 
-Latency (NodeStats, logs) is from the image stamp to the FeatureMap's publication: features are
-published right after the model step, the tracker runs after that and its PointTracks follow.
+QoS: inputs are subscribed with sensor-data semantics (REP-2003: best effort, volatile; depth 1,
+newest frame only), overridable with the standard ``qos_overrides.<topic>.subscription.*``
+parameters; outputs are reliable.
 
-Threads: the executor thread only stores each message in its camera's newest-frame slot
-(subscriptions are keep-last 1); one worker thread decodes, steps the model and publishes, so a
-slow model drops stale frames instead of queueing them. One worker, not one per camera: ONNX
-Runtime already uses both cores for one step, and two concurrent steps only contend.
+Latency (NodeStats, diagnostics) is from the image stamp to the FeatureMap's publication: features
+are published right after the model step, the tracker and the mask run after that.
+
+Threads: the executor thread only stores each message in its camera's newest-frame slot; one
+worker thread decodes, steps the model and publishes, so a slow model drops stale frames instead
+of queueing them. One worker, not one per camera: ONNX Runtime already uses both cores for one
+step, and two concurrent steps only contend.
 
 Start without ``ros2 launch``::
 
@@ -38,25 +49,41 @@ import sys
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import numpy as np
 import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
-from rclpy.node import Node
-from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.qos import (
+    DurabilityPolicy,
+    HistoryPolicy,
+    QoSProfile,
+    ReliabilityPolicy,
+    qos_profile_sensor_data,
+)
+from rclpy.qos_overriding_options import QoSOverridingOptions
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 from std_srvs.srv import Trigger
 
 from rvm_ros.blas_threads import limit_blas_threads
 from rvm_ros.camera import CameraPipeline, PipelineConfig, Result, stamp_sec
-from rvm_ros.image_codec import DEFAULT_MAX_PIXELS, encode_image
+from rvm_ros.diagnostics import (
+    DiagnosticsConfig,
+    RuntimeInfo,
+    camera_status,
+    model_status,
+    runtime_info,
+)
+from rvm_ros.image_codec import DEFAULT_MAX_PIXELS, ImageError, encode_image
 from rvm_ros.launch_args import NODE_NAME, default_model_path
+from rvm_ros.masks import Shapes, decode_labels
 from rvm_ros.messages import feature_map, node_stats, point_tracks
 from rvm_ros.msg import FeatureMap, NodeStats, PointTracks
-from rvm_ros.srv import AddQueries, RemoveTracks, Reset
+from rvm_ros.srv import AddQueries, RemoveTracks, Reset, SetMask
 
 
 class Processed(NamedTuple):
@@ -171,16 +198,45 @@ PARAMETERS: dict[str, tuple[Any, str, tuple[float, float] | None]] = {
     ),
     "max_image_pixels": (DEFAULT_MAX_PIXELS, "larger images are rejected", (1, 2**31 - 1)),
     "depth_max": (10000, "16UC1 value shown as white (mm)", (1, 65535)),
-    "qos.reliability": ("best_effort", "input QoS: best_effort (accepts both) | reliable", None),
-    "qos.depth": (1, "input queue depth (1 = newest frame only)", (1, 100)),
+    "autostart": (True, "configure and activate on start (false: wait for lifecycle calls)", None),
+    "diagnostics.period_sec": (1.0, "period of /diagnostics (s); 0: off", (0.0, 3600.0)),
+    "diagnostics.warn_after_sec": (
+        1.0,
+        "a camera is WARN when no frame was processed for this long (s)",
+        (0.0, 1e6),
+    ),
+    "diagnostics.stale_after_sec": (
+        5.0,
+        "... and STALE after this long (s)",
+        (0.0, 1e6),
+    ),
+    "diagnostics.min_fps": (
+        0.0,
+        "a camera below this processed rate is WARN; 0: no check",
+        (0.0, 1e4),
+    ),
+    "masks.max_pixels": (
+        DEFAULT_MAX_PIXELS,
+        "larger SetMask label images are refused",
+        (1, 2**31 - 1),
+    ),
 }
 
 _ENUMS = {
     "device": ("auto", "cpu", "cuda", "tensorrt"),
     "feature_dtype": ("float16", "float32"),
     "tracks.method": ("rvm", "hybrid", "lk"),
-    "qos.reliability": ("best_effort", "reliable"),
 }
+
+# REP-2003 sensor-data semantics (best effort, volatile) with the newest frame only: the worker
+# takes the newest frame anyway, and a deeper reader queue only hands it older ones.
+INPUT_QOS = QoSProfile(
+    history=HistoryPolicy.KEEP_LAST,
+    depth=1,
+    reliability=qos_profile_sensor_data.reliability,
+    durability=DurabilityPolicy.VOLATILE,
+)
+OUTPUT_QOS = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE)
 
 
 @dataclass
@@ -190,15 +246,24 @@ class _Camera:
     topic: str  # as configured
     name: str  # resolved input topic (the camera name in messages and services)
     base: str  # output prefix: name without a '/compressed' suffix
+    compressed: bool
     pipeline: CameraPipeline
     pub_features: Any
     pub_tracks: Any
+    pub_masks: Any
     pub_debug: Any
     colorizer: Any
+    services: list[Any] = field(default_factory=list)
+    subscription: Any = None
+    last_diag: Any = None  # the stats snapshot of the previous diagnostics report
 
 
-class RVMNode(Node):
-    """The RVM perception node; ``runtime`` may be injected (tests), else loaded from model_path."""
+class RVMNode(LifecycleNode):
+    """The RVM perception node; ``runtime`` may be injected (tests), else loaded from model_path.
+
+    Raises ``ModelLoadError``/``ValueError`` from the constructor when ``autostart`` is set and
+    the configuration fails (the error is also reported on /diagnostics).
+    """
 
     def __init__(self, runtime: Any = None, node_name: str = NODE_NAME, **kwargs: Any) -> None:
         self._wake = threading.Event()
@@ -215,89 +280,217 @@ class RVMNode(Node):
             integer = isinstance(default, int) and not isinstance(default, bool)
             lo, hi = rng if rng else (None, None)
             self.declare_parameter(name, default, _descriptor(text, lo, hi, integer))
+        self._injected_runtime = runtime
+        self.runtime: Any = None
+        self.model: ModelInfo | None = None
+        self.info: RuntimeInfo | None = None
+        self.params: dict[str, Any] = {}
+        self.cameras: list[_Camera] = []
+        self.state = "unconfigured"
+        self.error = ""  # why the last configuration failed
+        self._entities: list[tuple[str, Any]] = []  # (kind, handle) created by configure
+        self._config_error: Exception | None = None
+        self._warned: dict[tuple[str, str], float] = {}
+        # Bounded record of processed frames, for tests and benchmarks.
+        self.trace: deque[Processed] = deque(maxlen=20000)
+        # /diagnostics is published in every state: a stack sees an unconfigured or failed node.
+        self.pub_diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        period = self.get_parameter("diagnostics.period_sec").value
+        if period > 0:
+            self.create_timer(period, self.publish_diagnostics)
+        self._autostarting = bool(self.get_parameter("autostart").value)
+        if self._autostarting:
+            if self.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+                raise self._config_error or RuntimeError(self.error)
+            self.trigger_activate()
+        self._autostarting = False
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Read and check parameters, load the model, create cameras, publishers, services."""
+        self._config_error = None
+        try:
+            self._configure()
+        except (ModelLoadError, ValueError) as exc:
+            self._release()
+            self._config_error, self.error = exc, str(exc)
+            if not self._autostarting:  # else the constructor raises it (main prints one line)
+                self.get_logger().error(f"configure failed: {exc}")
+            return TransitionCallbackReturn.FAILURE
+        self.error = ""
+        self.state = "inactive"
+        hw = self.model.input_hw
+        names = ", ".join(c.name for c in self.cameras)
+        self.get_logger().info(
+            f"configured: model {self.model.model_id}"
+            + (f" (input {hw[0]}x{hw[1]})" if hw else "")
+            + f" on {self.info.provider or self.info.device}, cameras {names}"
+        )
+        return super().on_configure(state)
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Publish and subscribe; start the worker."""
+        ret = super().on_activate(state)  # the lifecycle publishers first: no output is lost
+        self._stop.clear()
+        self._worker = threading.Thread(target=self._work, name="rvm_worker", daemon=True)
+        self._worker.start()
+        for cam in self.cameras:
+            cam.subscription = self._subscribe(cam)
+        self.state = "active"
+        self.get_logger().info("active")
+        return ret
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Unsubscribe and stop publishing; model and camera states are kept."""
+        self._deactivate()
+        self.state = "inactive"
+        self.get_logger().info("inactive")
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Release the runtime, publishers and services (back to unconfigured)."""
+        self._release()
+        self.state = "unconfigured"
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Release everything, from any state."""
+        self._deactivate()
+        self._release()
+        self.state = "finalized"
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """A transition raised: release everything and go back to unconfigured."""
+        self._deactivate()
+        self._release()
+        self.state = "unconfigured"
+        return TransitionCallbackReturn.SUCCESS
+
+    def _configure(self) -> None:
         p = {name: self.get_parameter(name).value for name in PARAMETERS}
         for name, allowed in _ENUMS.items():
             if p[name] not in allowed:
                 raise ValueError(f"parameter {name}={p[name]!r}: choose from {allowed}")
         self.params = p
+        runtime = self._injected_runtime
+        path = ""
         if runtime is None:
             path = p["model_path"] or default_model_path()
             runtime, self.model = load_runtime(path, p["device"], p["threads"], p["warmup_steps"])
         else:
             self.model = model_info(runtime)
+            path = str(getattr(runtime, "model_path", ""))
         self.runtime = runtime
+        self.info = runtime_info(runtime, self.model.model_id, path, self.model.input_hw)
         self.pipeline_config = PipelineConfig.from_params(p)
-        reliability = (
-            ReliabilityPolicy.RELIABLE
-            if p["qos.reliability"] == "reliable"
-            else ReliabilityPolicy.BEST_EFFORT
+        self.diagnostics_config = DiagnosticsConfig(
+            warn_after_sec=p["diagnostics.warn_after_sec"],
+            stale_after_sec=p["diagnostics.stale_after_sec"],
+            min_fps=p["diagnostics.min_fps"],
         )
-        qos_in = QoSProfile(
-            history=HistoryPolicy.KEEP_LAST, depth=p["qos.depth"], reliability=reliability
-        )
-        qos_out = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE)
-        self._warned: dict[tuple[str, str], float] = {}
-        # Bounded record of processed frames, for tests and benchmarks.
-        self.trace: deque[Processed] = deque(maxlen=20000)
-        self.cameras: list[_Camera] = []
         for topic in p["image_topics"]:
-            self._add_camera(topic, qos_in, qos_out)
-
-        self.pub_stats = self.create_publisher(NodeStats, "~/stats", 10)
-        self.create_service(Reset, "~/reset", self._srv_reset)
-        self.create_service(AddQueries, "~/add_queries", self._srv_add_queries)
-        self.create_service(RemoveTracks, "~/remove_tracks", self._srv_remove_tracks)
-        if p["stats_period_sec"] > 0:
-            self.create_timer(p["stats_period_sec"], self._publish_stats)
-        self._worker = threading.Thread(target=self._work, name="rvm_worker", daemon=True)
-        self._worker.start()
-        names = ", ".join(c.name for c in self.cameras)
-        hw = self.model.input_hw
-        self.get_logger().info(
-            f"model {self.model.model_id} (input {hw[0]}x{hw[1]}) on {names}"
-            if hw
-            else f"model {self.model.model_id} on {names}"
+            self._add_camera(topic)
+        self.pub_stats = self._keep(
+            "pub", self.create_lifecycle_publisher(NodeStats, "~/stats", 10)
         )
+        for srv_type, name, cb in (
+            (Reset, "~/reset", self._srv_reset),
+            (AddQueries, "~/add_queries", self._srv_add_queries),
+            (RemoveTracks, "~/remove_tracks", self._srv_remove_tracks),
+        ):
+            self._keep("srv", self.create_service(srv_type, name, cb))
+        if p["stats_period_sec"] > 0:
+            self._keep("timer", self.create_timer(p["stats_period_sec"], self._publish_stats))
+
+    def _keep(self, kind: str, handle: Any) -> Any:
+        """Remember an entity made by configure, so cleanup can destroy it."""
+        self._entities.append((kind, handle))
+        return handle
+
+    def _deactivate(self) -> None:
+        """Stop the worker and destroy the subscriptions (pending frames are discarded)."""
+        for cam in self.cameras:
+            if cam.subscription is not None:
+                self.destroy_subscription(cam.subscription)
+                cam.subscription = None
+        self._stop.set()
+        self._wake.set()
+        if self._worker is not None and self._worker.is_alive():
+            self._worker.join(timeout=5.0)
+        self._worker = None
+        for cam in self.cameras:
+            cam.pipeline.take()
+
+    def _release(self) -> None:
+        """Destroy what configure made and drop the runtime."""
+        for kind, handle in reversed(self._entities):
+            if kind == "pub":
+                self.destroy_lifecycle_publisher(handle)
+            elif kind == "srv":
+                self.destroy_service(handle)
+            elif kind == "timer":
+                self.destroy_timer(handle)
+        self._entities.clear()
+        self.cameras = []
+        self.runtime = self.model = self.info = None
 
     # -- setup ---------------------------------------------------------------------------------
-    def _add_camera(self, topic: str, qos_in: QoSProfile, qos_out: QoSProfile) -> None:
+    def _add_camera(self, topic: str) -> None:
+        from rvm_ros.visualize import PCAColorizer
+
         compressed = topic.rstrip("/").endswith("/compressed")
         name = self.resolve_topic_name(topic)
         base = name[: -len("/compressed")] if compressed else name
         pipeline = CameraPipeline(
             name, self.runtime, self.pipeline_config, self.model.input_hw, warn=self._warn
         )
-        from rvm_ros.visualize import PCAColorizer
+
+        def pub(msg_type: Any, suffix: str) -> Any:
+            return self._keep(
+                "pub", self.create_lifecycle_publisher(msg_type, f"{base}/rvm/{suffix}", OUTPUT_QOS)
+            )
 
         cam = _Camera(
             topic=topic,
             name=name,
             base=base,
+            compressed=compressed,
             pipeline=pipeline,
-            pub_features=self.create_publisher(FeatureMap, f"{base}/rvm/features", qos_out),
-            pub_tracks=self.create_publisher(PointTracks, f"{base}/rvm/tracks", qos_out),
-            pub_debug=(
-                self.create_publisher(Image, f"{base}/rvm/debug_image", qos_out)
-                if self.params["publish_debug_image"]
-                else None
-            ),
+            pub_features=pub(FeatureMap, "features"),
+            pub_tracks=pub(PointTracks, "tracks"),
+            pub_masks=pub(Image, "masks"),
+            pub_debug=pub(Image, "debug_image") if self.params["publish_debug_image"] else None,
             colorizer=PCAColorizer(),
         )
 
-        def on_image(msg: Any, pipeline: CameraPipeline = pipeline) -> None:
-            pipeline.submit(msg, compressed)
-            self._wake.set()
-
-        msg_type = CompressedImage if compressed else Image
-        self.create_subscription(msg_type, topic, on_image, qos_in)
-
-        def trigger(request: Any, response: Any, cam: _Camera = cam) -> Any:
+        def trigger(request: Any, response: Any) -> Any:
             seq = cam.pipeline.request_reset("service")
             response.success, response.message = True, f"reset {cam.name}: sequence {seq}"
             return response
 
-        self.create_service(Trigger, f"{base}/rvm/reset", trigger)
+        def set_mask(request: Any, response: Any) -> Any:
+            return self._srv_set_mask(cam, request, response)
+
+        self._keep("srv", self.create_service(Trigger, f"{base}/rvm/reset", trigger))
+        self._keep("srv", self.create_service(SetMask, f"{base}/rvm/set_mask", set_mask))
         self.cameras.append(cam)
+
+    def _subscribe(self, cam: _Camera) -> Any:
+        """The camera's input subscription (QoS overridable by ``qos_overrides.<topic>...``)."""
+        pipeline, compressed = cam.pipeline, cam.compressed
+
+        def on_image(msg: Any) -> None:
+            pipeline.submit(msg, compressed)
+            self._wake.set()
+
+        return self.create_subscription(
+            CompressedImage if compressed else Image,
+            cam.topic,
+            on_image,
+            INPUT_QOS,
+            qos_overriding_options=QoSOverridingOptions.with_default_policies(),
+        )
 
     def _warn(self, reason: str, text: str) -> None:
         """Log at most one warning per camera and reason every 5 s (rejections are counted)."""
@@ -319,10 +512,11 @@ class RVMNode(Node):
 
     # -- worker --------------------------------------------------------------------------------
     def _work(self) -> None:
+        cameras = list(self.cameras)  # fixed while active (configure/cleanup stop the worker)
         while not self._stop.is_set():
             self._wake.wait(timeout=0.1)
             self._wake.clear()
-            for cam in self.cameras:
+            for cam in cameras:
                 item = cam.pipeline.take()  # the newest frame, taken right before processing
                 if item is None:
                     continue
@@ -342,6 +536,11 @@ class RVMNode(Node):
                     self._publish_tracks(cam, result)
                 except Exception as exc:  # already counted as processed
                     self._warn("tracking", f"{cam.name}: tracking failed: {exc!r}")
+                mask = cam.pipeline.update_mask(result, cam.pub_masks.get_subscription_count() > 0)
+                if mask is not None:
+                    cam.pub_masks.publish(
+                        Image(header=result.header, **_mono8(mask))  # input header, camera size
+                    )
 
     def _publish_features(self, cam: _Camera, item: Any, r: Result, t0: float) -> None:
         """Publish the features (latency is measured to them) and count the frame processed."""
@@ -401,6 +600,36 @@ class RVMNode(Node):
             )
             self.get_logger().info(f"{cam.name}: {snap.line()}")
 
+    def publish_diagnostics(self) -> None:
+        """One DiagnosticArray: the model/runtime status and one status per camera."""
+        name = self.get_fully_qualified_name().lstrip("/")
+        statuses = [model_status(name, self.state, self.info, self.error)]
+        active = self.state == "active"
+        for cam in list(self.cameras):
+            snap = cam.pipeline.stats.snapshot()
+            extra = {
+                "lifecycle_state": self.state,
+                "frame_index": cam.pipeline.frame_index,
+                "sequence_id": cam.pipeline.sequence_id,
+                "mask_labels": cam.pipeline.masks.num_labels,
+                "mask_failures": cam.pipeline.mask_failures,
+            }
+            statuses.append(
+                camera_status(
+                    name,
+                    cam.name,
+                    snap,
+                    cam.last_diag,
+                    active,
+                    self.diagnostics_config,
+                    self.info,
+                    extra,
+                )
+            )
+            cam.last_diag = snap
+        header = Header(stamp=self.get_clock().now().to_msg())
+        self.pub_diagnostics.publish(DiagnosticArray(header=header, status=statuses))
+
     # -- services ------------------------------------------------------------------------------
     def _srv_reset(self, request: Any, response: Any) -> Any:
         cams = self.find_cameras(request.camera)
@@ -428,8 +657,24 @@ class RVMNode(Node):
             response.message = f"x and y differ in length ({len(request.x)} != {len(request.y)})"
             return response
         xy = np.stack([np.asarray(request.x, np.float64), np.asarray(request.y, np.float64)], 1)
-        if not np.all(np.isfinite(xy)):
-            response.success, response.message = False, "non-finite query coordinates"
+        bad = np.flatnonzero(~np.isfinite(xy).all(1))
+        hw = cams[0].pipeline.image_hw
+        if not len(bad) and hw is not None:
+            bad = np.flatnonzero(
+                (xy[:, 0] < -0.5)
+                | (xy[:, 1] < -0.5)
+                | (xy[:, 0] > hw[1] - 0.5)
+                | (xy[:, 1] > hw[0] - 0.5)
+            )
+        if len(bad):
+            i = int(bad[0])
+            where = (
+                "non-finite"
+                if not np.isfinite(xy[i]).all()
+                else f"outside the {hw[1]}x{hw[0]} image"
+            )
+            response.success = False
+            response.message = f"query {i} ({xy[i, 0]:g}, {xy[i, 1]:g}) is {where}"
             return response
         response.ids = cams[0].pipeline.add_queries(xy)
         response.success = True
@@ -446,18 +691,83 @@ class RVMNode(Node):
         response.message = f"removed {response.removed}"
         return response
 
+    def _srv_set_mask(self, cam: _Camera, request: Any, response: Any) -> Any:
+        """Check the seed (label image, boxes, points) and queue it; never raises."""
+        try:
+            labels, shapes = _seed_from_request(
+                request, cam.pipeline.image_hw, self.params["masks.max_pixels"]
+            )
+        except (ImageError, ValueError) as exc:
+            response.success, response.message = False, f"{cam.name}: {exc}"
+            self._warn("set_mask", f"{cam.name}: set_mask refused: {exc}")
+            return response
+        cam.pipeline.set_mask(labels, shapes)
+        ids = set() if labels is None else set(np.unique(labels).tolist())
+        ids |= {int(p[2]) for p in shapes.points} | {int(b[4]) for b in shapes.boxes}
+        ids.discard(0)
+        response.success, response.num_labels = True, len(ids)
+        response.message = f"{cam.name}: mask with {len(ids)} labels from the next frame"
+        return response
+
     def destroy_node(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._worker is not None and self._worker.is_alive():
-            self._worker.join(timeout=5.0)
+        self._deactivate()
+        self._release()
         super().destroy_node()
+
+
+def _mono8(labels: np.ndarray) -> dict[str, Any]:
+    """Label ids uint8 [H,W] -> sensor_msgs/Image fields (mono8)."""
+    h, w = labels.shape
+    data = np.ascontiguousarray(labels, np.uint8).tobytes()
+    return dict(height=h, width=w, encoding="mono8", is_bigendian=0, step=w, data=data)
+
+
+def _seed_from_request(
+    request: Any, image_hw: tuple[int, int] | None, max_pixels: int
+) -> tuple[np.ndarray | None, Shapes]:
+    """SetMask request -> (label ids [H,W] or None, shapes); raises ImageError/ValueError."""
+    msg = request.labels
+    labels = None
+    if msg.height or msg.width or len(msg.data):
+        labels = decode_labels(msg, max_pixels)
+        if image_hw is not None and labels.shape != tuple(image_hw):
+            raise ValueError(
+                f"label image {labels.shape[1]}x{labels.shape[0]} does not match the camera's "
+                f"{image_hw[1]}x{image_hw[0]}"
+            )
+    n_box = len(request.box_labels)
+    box_cols = (request.box_x0, request.box_y0, request.box_x1, request.box_y1)
+    if any(len(c) != n_box for c in box_cols):
+        raise ValueError("box_x0, box_y0, box_x1, box_y1 and box_labels differ in length")
+    n_pt = len(request.point_labels)
+    if len(request.point_x) != n_pt or len(request.point_y) != n_pt:
+        raise ValueError("point_x, point_y and point_labels differ in length")
+    shapes = Shapes(
+        points=tuple(
+            (float(x), float(y), int(v))
+            for x, y, v in zip(request.point_x, request.point_y, request.point_labels)
+        ),
+        boxes=tuple(
+            (float(a), float(b), float(c), float(d), int(v))
+            for a, b, c, d, v in zip(*box_cols, request.box_labels)
+        ),
+        radius=float(request.point_radius) or 8.0,
+    )
+    shapes.check()
+    if labels is None and not shapes:
+        raise ValueError("empty seed: give a label image, boxes or points")
+    if labels is not None and not labels.any() and not shapes:
+        raise ValueError("the label image has no object (all 0)")
+    return labels, shapes
 
 
 def main(args: list[str] | None = None) -> int:
     """Console entry point ``rvm_node`` (ROS arguments: ``--ros-args ...``)."""
     from rclpy.executors import ExternalShutdownException
 
+    from rvm_ros.dds import use_rvm_dds_profile
+
+    use_rvm_dds_profile()  # before rclpy.init: large raw frames over shared memory
     rclpy.init(args=args)
     node = None
     try:

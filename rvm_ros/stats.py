@@ -33,6 +33,8 @@ class StatsSnapshot:
     step_p50_ms: float = float("nan")
     fps: float = 0.0
     rejected_by_reason: dict[str, int] = field(default_factory=dict)
+    since_received_s: float = float("inf")  # since the newest frame arrived (inf: none yet)
+    since_processed_s: float = float("inf")  # since the newest frame was processed
 
     def line(self) -> str:
         """One log line, e.g. ``in 120 processed 80 dropped 40 rejected 0 | 15.1 fps ...``."""
@@ -56,12 +58,15 @@ class CameraStats:
         self.frames_dropped = 0
         self.resets = 0
         self.rejected: Counter[str] = Counter()
+        self._t_received: float | None = None  # monotonic time of the newest arrival
+        self._t_processed: float | None = None
         # Bounded: memory stays constant whatever the frame rate.
         self._samples: deque[tuple[float, float, float]] = deque(maxlen=max_samples)
 
     def received(self) -> None:
         with self._lock:
             self.frames_in += 1
+            self._t_received = time.monotonic()
 
     def dropped(self) -> None:
         with self._lock:
@@ -80,6 +85,7 @@ class CameraStats:
         now = time.monotonic() if now is None else now
         with self._lock:
             self.frames_processed += 1
+            self._t_processed = now
             self._samples.append((now, latency_s, step_s))
 
     def latency_percentiles(
@@ -107,6 +113,10 @@ class CameraStats:
                 resets=self.resets,
                 rejected_by_reason=dict(self.rejected),
             )
+            if self._t_received is not None:
+                snap.since_received_s = max(0.0, now - self._t_received)
+            if self._t_processed is not None:
+                snap.since_processed_s = max(0.0, now - self._t_processed)
         if recent:
             snap.latency_p50_ms, snap.latency_p95_ms = percentiles(s[1] * 1e3 for s in recent)
             snap.step_p50_ms = float(np.median([s[2] for s in recent]) * 1e3)

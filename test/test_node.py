@@ -52,12 +52,19 @@ def _image(rgb: np.ndarray, stamp_ns: int, frame_id: str = "cam") -> Image:
 
 
 def _node(rclpy_context, executor, model: Path, topics: list[str], **params) -> RVMNode:
+    # Tests wait for every frame: reliable inputs through the standard QoS override parameters
+    # (the overload test keeps the default best effort).
+    reliability = params.pop("qos__reliability", "reliable")
+    depth = params.pop("qos__depth", None)
     overrides = [
         Parameter("image_topics", value=topics),
-        # Tests wait for every frame (the overload test uses the default best_effort).
-        Parameter("qos.reliability", value=params.pop("qos__reliability", "reliable")),
         Parameter("stats_period_sec", value=params.pop("stats_period_sec", 0.0)),
     ]
+    for topic in topics:
+        key = f"qos_overrides.{topic}.subscription"
+        overrides.append(Parameter(f"{key}.reliability", value=reliability))
+        if depth is not None:
+            overrides.append(Parameter(f"{key}.depth", value=depth))
     overrides += [Parameter(k.replace("__", "."), value=v) for k, v in params.items()]
     node = RVMNode(
         runtime=RVMRuntime(model, device="cpu"),

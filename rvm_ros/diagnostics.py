@@ -1,0 +1,162 @@
+"""``/diagnostics`` statuses of the node (diagnostic_msgs, as diagnostic_updater would publish).
+
+One status per camera (``<node>: camera <topic>``) and one for the model and runtime
+(``<node>: model``). Levels of a camera, first match wins:
+
+* STALE: the node is not active, or no frame processed for ``stale_after_sec`` (or ever);
+* ERROR: processing failed (runtime error) since the previous report;
+* WARN: no frame processed for ``warn_after_sec``, inputs rejected since the previous report, or
+  fewer processed frames per second than ``min_fps``;
+* OK otherwise.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
+
+OK, WARN, ERROR, STALE = (
+    DiagnosticStatus.OK,
+    DiagnosticStatus.WARN,
+    DiagnosticStatus.ERROR,
+    DiagnosticStatus.STALE,
+)
+
+
+@dataclass(frozen=True)
+class DiagnosticsConfig:
+    """Thresholds of the camera levels (the node's ``diagnostics.*`` parameters)."""
+
+    warn_after_sec: float = 1.0
+    stale_after_sec: float = 5.0
+    min_fps: float = 0.0  # 0: no rate check
+
+
+@dataclass(frozen=True)
+class RuntimeInfo:
+    """What the model status reports about the loaded runtime."""
+
+    model_id: str = ""
+    model_path: str = ""
+    provider: str = ""  # ONNX Runtime execution provider actually used
+    device: str = ""
+    input_hw: tuple[int, int] | None = None
+
+
+def runtime_info(runtime: Any, model_id: str, model_path: str, input_hw: Any) -> RuntimeInfo:
+    """RuntimeInfo from an ``RVMRuntime`` (or anything with ``device``/``session``)."""
+    provider = ""
+    session = getattr(runtime, "session", None)
+    if session is not None and hasattr(session, "get_providers"):
+        provider = (session.get_providers() or [""])[0]
+    return RuntimeInfo(
+        model_id=model_id,
+        model_path=model_path,
+        provider=provider,
+        device=str(getattr(runtime, "device", "")),
+        input_hw=tuple(input_hw) if input_hw else None,
+    )
+
+
+def _kv(values: dict[str, Any]) -> list[KeyValue]:
+    def text(v: Any) -> str:
+        if isinstance(v, float):
+            return "nan" if math.isnan(v) else ("inf" if math.isinf(v) else f"{v:.3f}")
+        return str(v)
+
+    return [KeyValue(key=k, value=text(v)) for k, v in values.items()]
+
+
+def camera_level(
+    snap: Any, prev: Any | None, active: bool, config: DiagnosticsConfig
+) -> tuple[int, str]:
+    """(level, message) of one camera from its stats snapshot and the previous report's."""
+    if not active:
+        return STALE, "node not active"
+    if math.isinf(snap.since_processed_s):
+        if snap.frames_in:
+            return WARN, f"{snap.frames_in} frames received, none processed yet"
+        return STALE, "no frames received"
+    errors = snap.rejected_by_reason.get("error", 0) - (
+        prev.rejected_by_reason.get("error", 0) if prev else 0
+    )
+    rejected = snap.frames_rejected - (prev.frames_rejected if prev else 0)
+    if snap.since_processed_s >= config.stale_after_sec:
+        return STALE, f"no frame processed for {snap.since_processed_s:.1f} s"
+    if errors > 0:
+        return ERROR, f"{errors} frames failed in the runtime"
+    if snap.since_processed_s >= config.warn_after_sec:
+        return WARN, f"no frame processed for {snap.since_processed_s:.1f} s"
+    if rejected > 0:
+        reasons = ", ".join(sorted(snap.rejected_by_reason))
+        return WARN, f"{rejected} frames rejected ({reasons})"
+    if config.min_fps > 0 and snap.fps < config.min_fps:
+        return WARN, f"{snap.fps:.1f} fps < min_fps {config.min_fps:g}"
+    return OK, f"{snap.fps:.1f} fps"
+
+
+def camera_status(
+    node: str,
+    camera: str,
+    snap: Any,
+    prev: Any | None,
+    active: bool,
+    config: DiagnosticsConfig,
+    info: RuntimeInfo,
+    extra: dict[str, Any] | None = None,
+) -> DiagnosticStatus:
+    """The DiagnosticStatus of one camera (values: rates, latencies, counters, runtime)."""
+    level, message = camera_level(snap, prev, active, config)
+    values = {
+        "fps": snap.fps,
+        "latency_p50_ms": snap.latency_p50_ms,
+        "latency_p95_ms": snap.latency_p95_ms,
+        "step_p50_ms": snap.step_p50_ms,
+        "frames_in": snap.frames_in,
+        "frames_processed": snap.frames_processed,
+        "frames_dropped": snap.frames_dropped,
+        "frames_rejected": snap.frames_rejected,
+        "rejected_by_reason": ", ".join(
+            f"{k}={v}" for k, v in sorted(snap.rejected_by_reason.items())
+        ),
+        "resets": snap.resets,
+        "since_received_s": snap.since_received_s,
+        "since_processed_s": snap.since_processed_s,
+        "provider": info.provider,
+        "device": info.device,
+        "model_id": info.model_id,
+        **(extra or {}),
+    }
+    return DiagnosticStatus(
+        level=level,
+        name=f"{node}: camera {camera}",
+        message=message,
+        hardware_id=camera,
+        values=_kv(values),
+    )
+
+
+def model_status(node: str, state: str, info: RuntimeInfo | None, error: str) -> DiagnosticStatus:
+    """The model/runtime status: OK when loaded (any lifecycle state), ERROR with the reason of
+    a failed configuration, STALE when nothing is loaded."""
+    if info is not None:
+        level, message = OK, f"{info.model_id} on {info.provider or info.device} ({state})"
+    elif error:
+        level, message = ERROR, error
+    else:
+        level, message = STALE, f"no model loaded ({state})"
+    hw = info.input_hw if info else None
+    values = {
+        "lifecycle_state": state,
+        "model_id": info.model_id if info else "",
+        "model_path": info.model_path if info else "",
+        "provider": info.provider if info else "",
+        "device": info.device if info else "",
+        "input_size": f"{hw[0]}x{hw[1]}" if hw else "",
+    }
+    return DiagnosticStatus(
+        level=level, name=f"{node}: model", message=message, hardware_id="", values=_kv(values)
+    )
