@@ -29,7 +29,7 @@ from rvm_ros.messages import features_from_msg
 from rvm_ros.msg import FeatureMap, NodeStats, PointTracks
 from rvm_ros.node import RVMNode, load_runtime
 from rvm_ros.runtime import RVMRuntime
-from rvm_ros.srv import AddQueries, RemoveTracks, Reset
+from rvm_ros.srv import AddQueries, RemoveTracks, Reset, SetMask
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from rvm_test_models import tiny_onnx  # noqa: E402
@@ -522,3 +522,379 @@ def test_deployment_imports_no_torch():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+# -- diagnostics, lifecycle, QoS overrides, masks -------------------------------------------------
+def _levels(arrays: list, camera: str) -> list[bytes]:
+    """Levels of one camera's status over the received DiagnosticArrays, in order."""
+    return [s.level for a in arrays for s in a.status if s.hardware_id == camera]
+
+
+def test_diagnostics_per_camera_ok_then_warn_and_stale(rvm_node, make_node, spin_until, model64):
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+
+    node = rvm_node(
+        model64,
+        ["/diag_a/image", "/diag_b/image"],
+        tracks__grid=[2, 2],
+        diagnostics__period_sec=0.2,
+        diagnostics__warn_after_sec=0.6,
+        diagnostics__stale_after_sec=1.5,
+    )
+    client = make_node("rvm_test_client")
+    arrays: list = []
+    client.create_subscription(DiagnosticArray, "/diagnostics", arrays.append, 10)
+    outs = Outputs(client, "/diag_a/image")
+    pub = client.create_publisher(Image, "/diag_a/image", QOS)
+    _connect(spin_until, pub, lambda: node.cameras[0].pub_tracks.get_subscription_count() >= 1)
+    frame = np.full((64, 64, 3), 90, np.uint8)
+    for _ in range(5):  # camera a gets frames (stamped now), camera b never does
+        _send(spin_until, pub, _image(frame, time.time_ns()), outs)
+    n = len(arrays)
+    assert spin_until(lambda: len(arrays) >= n + 1, timeout_sec=5.0)
+    last = arrays[-1]
+    by_cam = {s.hardware_id: s for s in last.status}
+    a, b = by_cam["/diag_a/image"], by_cam["/diag_b/image"]
+    assert a.level == DiagnosticStatus.OK, a
+    assert b.level == DiagnosticStatus.STALE and "no frames" in b.message
+    values = {kv.key: kv.value for kv in a.values}
+    assert values["frames_processed"] == "5" and values["frames_in"] == "5"
+    assert values["provider"] == "CPUExecutionProvider" and values["device"] == "cpu"
+    assert values["model_id"] == node.model.model_id
+    assert {"fps", "latency_p50_ms", "latency_p95_ms", "frames_dropped", "resets"} <= set(values)
+    assert float(values["latency_p50_ms"]) > 0
+    (model,) = [s for s in last.status if s.name.endswith(": model")]
+    assert model.level == DiagnosticStatus.OK and node.model.model_id in model.message
+
+    # Frames stop: camera a turns WARN, then STALE.
+    assert spin_until(
+        lambda: DiagnosticStatus.STALE in _levels(arrays[n:], "/diag_a/image"), timeout_sec=10.0
+    )
+    seq = _levels(arrays[n:], "/diag_a/image")
+    assert DiagnosticStatus.WARN in seq
+    assert seq.index(DiagnosticStatus.WARN) < seq.index(DiagnosticStatus.STALE)
+    # A rejected input while frames flow: WARN with the reason.
+    _send(spin_until, pub, _image(frame, time.time_ns()), outs)
+    pub.publish(Image(height=4, width=4, encoding="32FC1", step=16, data=b"\x00" * 64))
+    m = len(arrays)
+    assert spin_until(
+        lambda: any(
+            s.level == DiagnosticStatus.WARN and "rejected" in s.message
+            for a in arrays[m:]
+            for s in a.status
+            if s.hardware_id == "/diag_a/image"
+        ),
+        timeout_sec=5.0,
+    )
+
+
+def _change_state(client, spin_until, node_name: str, transition: int) -> bool:
+    from lifecycle_msgs.msg import Transition
+    from lifecycle_msgs.srv import ChangeState
+
+    cli = client.create_client(ChangeState, f"/{node_name}/change_state")
+    assert spin_until(cli.service_is_ready, timeout_sec=10.0)
+    fut = cli.call_async(ChangeState.Request(transition=Transition(id=transition)))
+    assert spin_until(fut.done, timeout_sec=30.0)
+    return fut.result().success
+
+
+def _get_state(client, spin_until, node_name: str) -> str:
+    from lifecycle_msgs.srv import GetState
+
+    cli = client.create_client(GetState, f"/{node_name}/get_state")
+    assert spin_until(cli.service_is_ready, timeout_sec=10.0)
+    fut = cli.call_async(GetState.Request())
+    assert spin_until(fut.done, timeout_sec=10.0)
+    return fut.result().current_state.label
+
+
+def test_lifecycle_outputs_only_while_active(
+    rclpy_context, executor, make_node, spin_until, model64
+):
+    """configure -> activate -> deactivate -> activate -> cleanup through the lifecycle services."""
+    from lifecycle_msgs.msg import Transition
+
+    node = RVMNode(
+        runtime=RVMRuntime(model64, device="cpu"),
+        context=rclpy_context,
+        parameter_overrides=[
+            Parameter("autostart", value=False),
+            Parameter("image_topics", value=["/lc/image"]),
+            Parameter("tracks.grid", value=[2, 2]),
+            Parameter("stats_period_sec", value=0.0),
+            Parameter("qos_overrides./lc/image.subscription.reliability", value="reliable"),
+        ],
+    )
+    executor.add_node(node)
+    try:
+        client = make_node("rvm_test_client")
+        outs = Outputs(client, "/lc/image")
+        pub = client.create_publisher(Image, "/lc/image", QOS)
+        frame = np.full((64, 64, 3), 50, np.uint8)
+        stamp = [1_700_000_000 * 10**9]
+
+        def publish_and_wait(expect_output: bool) -> None:
+            n = len(outs.features)
+            stamp[0] += 50_000_000
+            pub.publish(_image(frame, stamp[0]))
+            got = spin_until(
+                lambda: len(outs.features) > n, timeout_sec=3.0 if not expect_output else 15.0
+            )
+            assert got == expect_output, f"output while {node.state}: {got}"
+
+        name = node.get_name()
+        assert _get_state(client, spin_until, name) == "unconfigured"
+        assert node.runtime is None and not node.cameras
+        assert pub.get_subscription_count() == 0
+        assert _change_state(client, spin_until, name, Transition.TRANSITION_CONFIGURE)
+        assert _get_state(client, spin_until, name) == "inactive" and node.runtime is not None
+        assert pub.get_subscription_count() == 0  # inactive: not subscribed
+        assert _change_state(client, spin_until, name, Transition.TRANSITION_ACTIVATE)
+        _connect(
+            spin_until, pub, lambda: node.cameras[0].pub_features.get_subscription_count() >= 1
+        )
+        publish_and_wait(True)
+        publish_and_wait(True)
+        assert outs.features[-1].frame_index == 1
+        assert _change_state(client, spin_until, name, Transition.TRANSITION_DEACTIVATE)
+        assert spin_until(lambda: pub.get_subscription_count() == 0, timeout_sec=10.0)
+        publish_and_wait(False)
+        runtime = node.runtime
+        assert _change_state(client, spin_until, name, Transition.TRANSITION_ACTIVATE)
+        assert node.runtime is runtime  # configuration kept across deactivate
+        _connect(spin_until, pub, lambda: True)
+        publish_and_wait(True)
+        assert outs.features[-1].frame_index == 2  # the camera state was kept too
+        assert _change_state(client, spin_until, name, Transition.TRANSITION_DEACTIVATE)
+        assert _change_state(client, spin_until, name, Transition.TRANSITION_CLEANUP)
+        assert _get_state(client, spin_until, name) == "unconfigured"
+        assert node.runtime is None and not node.cameras
+        assert spin_until(lambda: client.count_publishers("/lc/image/rvm/features") == 0, 10.0)
+    finally:
+        executor.remove_node(node)
+        node.destroy_node()
+
+
+def test_configure_failure_reported_on_diagnostics(rclpy_context, executor, make_node, spin_until):
+    """A bad model fails configure (node stays unconfigured, alive) and shows as ERROR."""
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+    from lifecycle_msgs.msg import Transition
+
+    node = RVMNode(
+        context=rclpy_context,
+        parameter_overrides=[
+            Parameter("autostart", value=False),
+            Parameter("model_path", value="/nonexistent/model.onnx"),
+            Parameter("diagnostics.period_sec", value=0.2),
+        ],
+    )
+    executor.add_node(node)
+    try:
+        client = make_node("rvm_test_client")
+        arrays: list = []
+        client.create_subscription(DiagnosticArray, "/diagnostics", arrays.append, 10)
+        assert not _change_state(
+            client, spin_until, node.get_name(), Transition.TRANSITION_CONFIGURE
+        )
+        assert _get_state(client, spin_until, node.get_name()) == "unconfigured"
+
+        def error_seen() -> bool:
+            return any(
+                s.level == DiagnosticStatus.ERROR and "no such file" in s.message
+                for a in arrays
+                for s in a.status
+            )
+
+        assert spin_until(error_seen, timeout_sec=5.0)
+    finally:
+        executor.remove_node(node)
+        node.destroy_node()
+
+
+def test_input_qos_sensor_data_and_override(rvm_node, make_node, spin_until, model64):
+    """Default input: best effort (REP-2003 sensor data); ``qos_overrides`` parameters change it."""
+    from rclpy.qos import QoSReliabilityPolicy
+
+    node = rvm_node(model64, ["/qa/image"], qos__reliability="best_effort")
+    over = rvm_node(model64, ["/qb/image"], qos__reliability="reliable", qos__depth=4)
+    client = make_node("rvm_test_client")
+
+    def sub_qos(topic: str):
+        assert spin_until(lambda: len(client.get_subscriptions_info_by_topic(topic)) == 1, 10.0)
+        return client.get_subscriptions_info_by_topic(topic)[0].qos_profile
+
+    assert sub_qos("/qa/image").reliability == QoSReliabilityPolicy.BEST_EFFORT
+    assert sub_qos("/qb/image").reliability == QoSReliabilityPolicy.RELIABLE
+    assert over.get_parameter("qos_overrides./qb/image.subscription.depth").value == 4
+    assert node.get_parameter("qos_overrides./qa/image.subscription.depth").value == 1
+    assert node.get_parameter("qos_overrides./qa/image.subscription.reliability").value == (
+        "best_effort"
+    )
+    for topic in ("/qa/image/rvm/features", "/qa/image/rvm/tracks", "/qa/image/rvm/masks"):
+        assert spin_until(lambda t=topic: len(client.get_publishers_info_by_topic(t)) == 1, 10.0)
+        info = client.get_publishers_info_by_topic(topic)[0]
+        assert info.qos_profile.reliability == QoSReliabilityPolicy.RELIABLE, topic
+    # A best-effort publisher cannot feed a reliable subscription: the override is effective.
+    be = client.create_publisher(
+        Image, "/qb/image", QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT)
+    )
+    rel = client.create_publisher(Image, "/qa/image", QOS)  # reliable feeds best effort
+    assert spin_until(lambda: rel.get_subscription_count() == 1, timeout_sec=10.0)
+    spin_until(lambda: False, timeout_sec=0.5)
+    assert be.get_subscription_count() == 0
+
+
+def _labels_msg(labels: np.ndarray, encoding: str = "mono8") -> Image:
+    arr = np.ascontiguousarray(labels, np.uint8 if encoding in ("mono8", "8UC1") else "<u2")
+    h, w = arr.shape
+    return Image(height=h, width=w, encoding=encoding, step=w * arr.itemsize, data=arr.tobytes())
+
+
+def test_mask_service_publishes_masks_with_input_header(rvm_node, make_node, spin_until, model64):
+    node = rvm_node(model64, ["/mk/image"], tracks__grid=[2, 2])
+    client = make_node("rvm_test_client")
+    outs = Outputs(client, "/mk/image")
+    masks: list = []
+    client.create_subscription(Image, "/mk/image/rvm/masks", masks.append, QOS_OUT)
+    pub = client.create_publisher(Image, "/mk/image", QOS)
+    cam = node.cameras[0]
+    _connect(spin_until, pub, lambda: cam.pub_masks.get_subscription_count() >= 1)
+    srv = client.create_client(SetMask, "/mk/image/rvm/set_mask")
+    assert spin_until(srv.service_is_ready, timeout_sec=10.0)
+
+    def call(request):
+        fut = srv.call_async(request)
+        assert spin_until(fut.done, timeout_sec=10.0)
+        return fut.result()
+
+    rng = np.random.default_rng(5)
+    frames = rng.integers(0, 256, (6, 64, 64, 3), dtype=np.uint8)
+    t0 = 1_700_000_000 * 10**9
+    _send(spin_until, pub, _image(frames[0], t0), outs)
+    assert not masks  # no mask set: nothing published
+    labels = np.zeros((64, 64), np.uint8)
+    labels[8:30, 8:30] = 3
+    labels[40:60, 36:60] = 200  # sparse ids are kept
+    res = call(SetMask.Request(labels=_labels_msg(labels, "16UC1")))
+    assert res.success and res.num_labels == 2, res.message
+    for i in range(1, 6):
+        msg = _image(frames[i], t0 + i * 50_000_000, frame_id="mk_optical")
+        _send(spin_until, pub, msg, outs)
+        assert spin_until(lambda i=i: len(masks) == i, timeout_sec=10.0)
+        m = masks[-1]
+        assert m.header == msg.header
+        assert (m.height, m.width, m.encoding, m.step) == (64, 64, "mono8", 64)
+        ids = np.frombuffer(bytes(m.data), np.uint8).reshape(64, 64)
+        assert set(np.unique(ids).tolist()) <= {0, 3, 200}
+        if i == 1:  # the seed frame: the seed itself
+            np.testing.assert_array_equal(ids, labels)
+    # Boxes and points seed a mask too (over background).
+    res = call(
+        SetMask.Request(
+            box_x0=[2.0],
+            box_y0=[2.0],
+            box_x1=[20.0],
+            box_y1=[20.0],
+            box_labels=[1],
+            point_x=[50.0],
+            point_y=[50.0],
+            point_labels=[2],
+            point_radius=4.0,
+        )
+    )
+    assert res.success and res.num_labels == 2
+    _send(spin_until, pub, _image(frames[0], t0 + 10 * 50_000_000), outs)
+    assert spin_until(lambda: len(masks) == 6, timeout_sec=10.0)
+    ids = np.frombuffer(bytes(masks[-1].data), np.uint8).reshape(64, 64)
+    assert (ids[2:21, 2:21] == 1).all() and ids[50, 50] == 2 and ids[35, 5] == 0
+    # A reset clears it: no more masks.
+    trig = client.create_client(Trigger, "/mk/image/rvm/reset")
+    assert spin_until(trig.service_is_ready, timeout_sec=10.0)
+    fut = trig.call_async(Trigger.Request())
+    assert spin_until(fut.done, timeout_sec=10.0)
+    _send(spin_until, pub, _image(frames[1], t0 + 11 * 50_000_000), outs)
+    _send(spin_until, pub, _image(frames[2], t0 + 12 * 50_000_000), outs)
+    spin_until(lambda: False, timeout_sec=0.3)
+    assert len(masks) == 6 and cam.pipeline.masks.num_labels == 0
+
+
+def _bad_seed(rng: np.random.Generator, i: int) -> SetMask.Request:
+    """One malformed SetMask request (the camera is 64x64)."""
+    kind = i % 10
+    req = SetMask.Request()
+    h, w = 64, 64
+    if kind == 0:  # wrong size
+        h, w = int(rng.integers(1, 200)), int(rng.integers(65, 200))
+        req.labels = _labels_msg(rng.integers(0, 3, (h, w)))
+    elif kind == 1:  # wrong encoding
+        req.labels = _labels_msg(rng.integers(0, 3, (h, w)))
+        req.labels.encoding = str(rng.choice(["rgb8", "32FC1", "", "bgr8", "x" * 300, "jpeg"]))
+    elif kind == 2:  # empty
+        req.labels = Image()
+    elif kind == 3:  # truncated data
+        req.labels = _labels_msg(rng.integers(0, 3, (h, w)))
+        req.labels.data = bytes(req.labels.data)[: int(rng.integers(0, h * w))]
+    elif kind == 4:  # step too small / huge claimed size
+        req.labels = _labels_msg(rng.integers(0, 3, (h, w)))
+        if rng.random() < 0.5:
+            req.labels.step = int(rng.integers(0, w))
+        else:
+            req.labels.height, req.labels.width, req.labels.step = 2**31 - 1, 2**31 - 1, 2**32 - 1
+    elif kind == 5:  # ids beyond mono8
+        req.labels = _labels_msg(np.full((h, w), 300), "16UC1")
+    elif kind == 6:  # all background
+        req.labels = _labels_msg(np.zeros((h, w)))
+    elif kind == 7:  # non-finite / mismatched points
+        req.point_x, req.point_y, req.point_labels = [float("nan")], [3.0], [1]
+        if rng.random() < 0.5:
+            req.point_x = [1.0, 2.0]
+    elif kind == 8:  # boxes with label 0, inf corners, mismatched lengths
+        req.box_x0, req.box_y0, req.box_x1, req.box_y1 = [0.0], [0.0], [float("inf")], [9.0]
+        req.box_labels = [int(rng.choice([0, 1]))]
+        if rng.random() < 0.3:
+            req.box_y1 = []
+    else:  # negative radius
+        req.point_x, req.point_y, req.point_labels, req.point_radius = [1.0], [1.0], [1], -3.0
+    return req
+
+
+def test_fuzz_mask_service_never_kills_the_node(rvm_node, make_node, spin_until, model64):
+    node = rvm_node(model64, ["/mf/image"], tracks__grid=[2, 2])
+    client = make_node("rvm_test_client")
+    outs = Outputs(client, "/mf/image")
+    masks: list = []
+    client.create_subscription(Image, "/mf/image/rvm/masks", masks.append, QOS_OUT)
+    pub = client.create_publisher(Image, "/mf/image", QOS)
+    cam = node.cameras[0]
+    _connect(spin_until, pub, lambda: cam.pub_masks.get_subscription_count() >= 1)
+    srv = client.create_client(SetMask, "/mf/image/rvm/set_mask")
+    assert spin_until(srv.service_is_ready, timeout_sec=10.0)
+    frame = np.full((64, 64, 3), 120, np.uint8)
+    t0 = 1_700_000_000 * 10**9
+    _send(spin_until, pub, _image(frame, t0), outs)  # the camera's size is known from here on
+    rng = np.random.default_rng(7)
+    refused = 0
+    for i in range(200):
+        fut = srv.call_async(_bad_seed(rng, i))
+        assert spin_until(fut.done, timeout_sec=10.0), f"no response to bad seed {i}"
+        res = fut.result()
+        refused += not res.success
+        assert res.success or res.message.startswith("/mf/image: "), res.message
+        if i % 20 == 19:  # frames keep being served
+            _send(spin_until, pub, _image(frame, t0 + (i + 1) * 10**7), outs)
+    assert refused == 200
+    # A wrong-size seed queued before the camera's size is known is dropped at the frame.
+    cam.pipeline.set_mask(np.ones((10, 10), np.int32))
+    _send(spin_until, pub, _image(frame, t0 + 3 * 10**9 // 1000), outs)
+    assert cam.pipeline.mask_failures == 1 and not cam.pipeline.masks.active
+    # Still alive and serving a valid seed.
+    good = np.zeros((64, 64), np.uint8)
+    good[10:20, 10:20] = 1
+    fut = srv.call_async(SetMask.Request(labels=_labels_msg(good)))
+    assert spin_until(fut.done, timeout_sec=10.0) and fut.result().success
+    _send(spin_until, pub, _image(frame, t0 + 4 * 10**9 // 1000), outs)
+    assert spin_until(lambda: len(masks) == 1, timeout_sec=10.0)
+    assert node._worker.is_alive()
+    s = cam.pipeline.stats.snapshot()
+    assert s.frames_rejected == 0 and s.frames_processed == len(outs.features)
