@@ -1,22 +1,28 @@
 """Launch rvm_node: ``ros2 launch rvm_ros rvm.launch.py image_topic:=/camera/image_raw``.
 
+A managed (lifecycle) node. ``autostart:=true`` (default): it configures and activates itself.
+``autostart:=false``: it stays unconfigured for a lifecycle manager (nav2_lifecycle_manager,
+``ros2 lifecycle set /rvm_node configure`` then ``activate``).
+
 Arguments and defaults come from ``rvm_ros.launch_args``, shared with
 ``python -m rvm_ros.launch_local`` which starts the same node where ``ros2 launch`` is missing.
+The node gets the package's Fast DDS profile (config/fastdds.xml, shared memory for raw frames)
+unless the environment already configures Fast DDS (launch argument ``dds_profile``).
 """
 
 from launch import LaunchContext, LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
-from launch_ros.actions import Node
+from launch_ros.actions import LifecycleNode
 
 from rvm_ros.launch_args import LAUNCH_ARGUMENTS, default_params_file, node_config
 
 
-def _node(context: LaunchContext) -> list[Node]:
+def _node(context: LaunchContext) -> list[LifecycleNode]:
     values = {name: LaunchConfiguration(name).perform(context) for name in LAUNCH_ARGUMENTS}
     cfg = node_config(values)  # the same translation launch_local uses
     return [
-        Node(
+        LifecycleNode(
             package=cfg["package"],
             executable=cfg["executable"],
             name=cfg["name"],
@@ -24,6 +30,7 @@ def _node(context: LaunchContext) -> list[Node]:
             parameters=[cfg["params_file"], cfg["parameters"]],
             remappings=cfg["remappings"],
             arguments=["--ros-args", "--log-level", cfg["log_level"]],
+            additional_env=cfg["env"],
             output="screen",
             emulate_tty=True,
         )
@@ -31,7 +38,7 @@ def _node(context: LaunchContext) -> list[Node]:
 
 
 def generate_launch_description() -> LaunchDescription:
-    """One rvm_node with the params file, image remapping, namespace and use_sim_time."""
+    """One lifecycle rvm_node: params file, image remapping, namespace, sim time, autostart."""
     args = [
         DeclareLaunchArgument(
             name,

@@ -47,7 +47,37 @@ LAUNCH_ARGUMENTS: dict[str, tuple[str, str]] = {
     "model_path": ("", "ONNX model (empty: the value in params_file, else the shipped default)"),
     "device": ("", "auto | cpu | cuda | tensorrt (empty: the value in params_file)"),
     "log_level": ("info", "ROS log level of the node"),
+    "autostart": (
+        "true",
+        "configure and activate the (lifecycle) node on start; false: a lifecycle manager does",
+    ),
+    "dds_profile": (
+        "",
+        "Fast DDS XML profile for the node (empty: the package's config/fastdds.xml unless the "
+        "environment sets one; none: Fast DDS defaults)",
+    ),
 }
+
+
+def _flag(name: str, text: str) -> bool:
+    value = text.strip().lower()
+    if value not in ("true", "false", "1", "0"):
+        raise ValueError(f"{name} must be true or false, got {text!r}")
+    return value in ("true", "1")
+
+
+def dds_env(profile: str, environ: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment variables the node needs for launch argument ``dds_profile``."""
+    from rvm_ros.dds import PROFILE_ENV, use_rvm_dds_profile
+
+    if profile.strip().lower() == "none":
+        return {}
+    if profile:
+        return {PROFILE_ENV: profile}
+    env = dict(os.environ if environ is None else environ)
+    before = dict(env)
+    use_rvm_dds_profile(env)
+    return {k: v for k, v in env.items() if before.get(k) != v}
 
 
 def node_config(values: dict[str, str]) -> dict:
@@ -60,10 +90,10 @@ def node_config(values: dict[str, str]) -> dict:
     unknown = sorted(set(values) - set(LAUNCH_ARGUMENTS))
     if unknown:
         raise ValueError(f"unknown launch arguments: {', '.join(unknown)}")
-    sim = v["use_sim_time"].strip().lower()
-    if sim not in ("true", "false", "1", "0"):
-        raise ValueError(f"use_sim_time must be true or false, got {v['use_sim_time']!r}")
-    parameters: dict[str, object] = {"use_sim_time": sim in ("true", "1")}
+    parameters: dict[str, object] = {
+        "use_sim_time": _flag("use_sim_time", v["use_sim_time"]),
+        "autostart": _flag("autostart", v["autostart"]),
+    }
     for key in ("model_path", "device"):
         if v[key]:
             parameters[key] = v[key]
@@ -76,6 +106,7 @@ def node_config(values: dict[str, str]) -> dict:
         "parameters": parameters,
         "remappings": [(IMAGE_TOPIC_PARAM_DEFAULT, v["image_topic"])],
         "log_level": v["log_level"],
+        "env": dds_env(v["dds_profile"]),
     }
 
 

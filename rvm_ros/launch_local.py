@@ -4,7 +4,9 @@
     python -m rvm_ros.launch_local --print   # show the command instead of running it
 
 Takes the launch file's ``name:=value`` arguments (same names and defaults, from
-``rvm_ros.launch_args``) and runs ``rvm_node --ros-args ...`` in this process.
+``rvm_ros.launch_args``) and runs ``rvm_node --ros-args ...`` in this process, with the same
+environment (the Fast DDS profile). ``autostart:=false`` leaves the lifecycle node unconfigured
+for a lifecycle manager (``ros2 lifecycle set /rvm_node configure``, then ``activate``).
 """
 
 from __future__ import annotations
@@ -30,10 +32,15 @@ def parse(argv: list[str]) -> dict[str, str]:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     show = "--print" in argv
-    args = ros_args(node_config(parse([a for a in argv if a != "--print"])))
+    cfg = node_config(parse([a for a in argv if a != "--print"]))
+    args = ros_args(cfg)
     if show:
-        print(shlex.join(["rvm_node", *args]))
+        env = [f"{k}={v}" for k, v in cfg["env"].items()]
+        print(shlex.join([*env, "rvm_node", *args]))
         return 0
+    import os
+
+    os.environ.update(cfg["env"])  # before rclpy.init: the DDS participant reads it
     from rvm_ros.node import main as node_main
 
     return node_main(["rvm_node", *args])

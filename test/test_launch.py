@@ -58,7 +58,7 @@ def test_launch_file_static():
         if isinstance(node, ast.ImportFrom)
         for alias in node.names
     }
-    assert ("launch_ros.actions", "Node") in imports
+    assert ("launch_ros.actions", "LifecycleNode") in imports
     assert ("launch.actions", "DeclareLaunchArgument") in imports
     assert ("rvm_ros.launch_args", "LAUNCH_ARGUMENTS") in imports
     assert ("rvm_ros.launch_args", "node_config") in imports
@@ -67,11 +67,14 @@ def test_launch_file_static():
     node_kwargs = {
         kw.arg
         for call in ast.walk(tree)
-        if isinstance(call, ast.Call) and getattr(call.func, "id", "") == "Node"
+        if isinstance(call, ast.Call) and getattr(call.func, "id", "") == "LifecycleNode"
         for kw in call.keywords
     }
     assert {"package", "executable", "name", "namespace", "parameters", "remappings"} <= node_kwargs
-    assert {"params_file", "image_topic", "namespace", "use_sim_time"} <= set(LAUNCH_ARGUMENTS)
+    assert "additional_env" in node_kwargs  # the DDS profile
+    assert {"params_file", "image_topic", "namespace", "use_sim_time", "autostart"} <= set(
+        LAUNCH_ARGUMENTS
+    )
 
 
 @pytest.mark.skipif(not HAS_LAUNCH_ROS, reason="launch_ros is not installable on this machine")
@@ -97,7 +100,7 @@ def test_launch_description():  # pragma: no cover - runs where ROS 2 is install
 def test_node_config_and_ros_args():
     cfg = node_config({"image_topic": "/front/image_raw", "namespace": "front", "model_path": "m"})
     assert cfg["remappings"] == [("image", "/front/image_raw")]
-    assert cfg["parameters"] == {"use_sim_time": False, "model_path": "m"}
+    assert cfg["parameters"] == {"use_sim_time": False, "autostart": True, "model_path": "m"}
     args = ros_args(cfg)
     assert args[:3] == ["--ros-args", "-r", "__node:=rvm_node"]
     assert "__ns:=/front" in args and "image:=/front/image_raw" in args
@@ -106,6 +109,24 @@ def test_node_config_and_ros_args():
         node_config({"use_sim_time": "maybe"})
     with pytest.raises(ValueError):
         node_config({"no_such_argument": "1"})
+    with pytest.raises(ValueError):
+        node_config({"autostart": "later"})
+    assert node_config({"autostart": "false"})["parameters"]["autostart"] is False
+    assert node_config({"dds_profile": "none"})["env"] == {}
+    assert node_config({"dds_profile": "/x.xml"})["env"] == {
+        "FASTDDS_DEFAULT_PROFILES_FILE": "/x.xml"
+    }
+
+
+def test_dds_env_respects_the_users_fast_dds_setup():
+    from rvm_ros.launch_args import dds_env
+
+    mine = dds_env("", {})
+    assert mine["FASTDDS_DEFAULT_PROFILES_FILE"].endswith("config/fastdds.xml")
+    assert Path(mine["FASTDDS_DEFAULT_PROFILES_FILE"]).is_file()
+    assert dds_env("", {"FASTDDS_DEFAULT_PROFILES_FILE": "/theirs.xml"}) == {}
+    assert dds_env("", {"FASTDDS_BUILTIN_TRANSPORTS": "LARGE_DATA"}) == {}
+    assert dds_env("", {"RMW_IMPLEMENTATION": "rmw_cyclonedds_cpp"}) == {}
 
 
 def test_launch_local_starts_the_node(make_node, spin_until):
@@ -128,15 +149,16 @@ def test_launch_local_starts_the_node(make_node, spin_until):
 
         cli = probe.create_client(GetParameters, "/lt/rvm_node/get_parameters")
         assert spin_until(cli.service_is_ready, timeout_sec=10.0)
-        names = ["use_sim_time", "tracks.grid", "image_topics", "qos.depth", "model_path"]
+        names = ["use_sim_time", "tracks.grid", "image_topics", "autostart", "model_path"]
         fut = cli.call_async(GetParameters.Request(names=names))
         assert spin_until(fut.done, timeout_sec=10.0)
         v = fut.result().values
         assert v[0].bool_value is True
         assert list(v[1].integer_array_value) == [8, 8]  # from config/rvm.yaml
         assert list(v[2].string_array_value) == ["image"]
-        assert v[3].integer_value == 1
+        assert v[3].bool_value is True
         assert v[4].string_value == str(model)
+        assert _lifecycle_state(probe, spin_until, "/lt/rvm_node") == "active"
     finally:
         proc.terminate()
         try:
@@ -144,3 +166,40 @@ def test_launch_local_starts_the_node(make_node, spin_until):
         except subprocess.TimeoutExpired:
             proc.kill()
     time.sleep(0.1)
+
+
+def _lifecycle_state(node, spin_until, name: str) -> str:
+    from lifecycle_msgs.srv import GetState
+
+    cli = node.create_client(GetState, f"{name}/get_state")
+    assert spin_until(cli.service_is_ready, timeout_sec=10.0)
+    fut = cli.call_async(GetState.Request())
+    assert spin_until(fut.done, timeout_sec=10.0)
+    return fut.result().current_state.label
+
+
+def test_launch_local_without_autostart_waits_for_lifecycle(make_node, spin_until):
+    """autostart:=false: unconfigured until a lifecycle manager configures and activates it."""
+    from lifecycle_msgs.msg import Transition
+    from lifecycle_msgs.srv import ChangeState
+
+    model = tiny_onnx((64, 64))
+    cmd = [sys.executable, "-m", "rvm_ros.launch_local", "image_topic:=/la/image"]
+    cmd += ["namespace:=la", f"model_path:={model}", "autostart:=false"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        probe = make_node("rvm_launch_probe")
+        assert _lifecycle_state(probe, spin_until, "/la/rvm_node") == "unconfigured"
+        assert probe.count_publishers("/la/image/rvm/features") == 0
+        cli = probe.create_client(ChangeState, "/la/rvm_node/change_state")
+        for t in (Transition.TRANSITION_CONFIGURE, Transition.TRANSITION_ACTIVATE):
+            fut = cli.call_async(ChangeState.Request(transition=Transition(id=t)))
+            assert spin_until(fut.done, timeout_sec=30.0) and fut.result().success
+        assert _lifecycle_state(probe, spin_until, "/la/rvm_node") == "active"
+        assert spin_until(lambda: probe.count_publishers("/la/image/rvm/features") == 1, 10.0)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
