@@ -32,7 +32,7 @@ def dds_profile_path() -> str:
 def use_rvm_dds_profile(env: MutableMapping[str, str] | None = None) -> str | None:
     """Point Fast DDS at the package profile unless the user set one -> the profile used."""
     env = os.environ if env is None else env
-    if any(env.get(k) for k in _USER_SETTINGS):
+    if any(k in env for k in _USER_SETTINGS):  # set, even empty: the user decided
         return env.get(PROFILE_ENV) or None
     if env.get("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp") != "rmw_fastrtps_cpp":
         return None  # another DDS: the XML means nothing to it

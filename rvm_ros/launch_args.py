@@ -71,7 +71,7 @@ def dds_env(profile: str, environ: dict[str, str] | None = None) -> dict[str, st
     from rvm_ros.dds import PROFILE_ENV, use_rvm_dds_profile
 
     if profile.strip().lower() == "none":
-        return {}
+        return {"FASTDDS_BUILTIN_TRANSPORTS": "DEFAULT"}  # Fast DDS's own default transports
     if profile:
         return {PROFILE_ENV: profile}
     env = dict(os.environ if environ is None else environ)

@@ -112,7 +112,7 @@ def test_node_config_and_ros_args():
     with pytest.raises(ValueError):
         node_config({"autostart": "later"})
     assert node_config({"autostart": "false"})["parameters"]["autostart"] is False
-    assert node_config({"dds_profile": "none"})["env"] == {}
+    assert node_config({"dds_profile": "none"})["env"] == {"FASTDDS_BUILTIN_TRANSPORTS": "DEFAULT"}
     assert node_config({"dds_profile": "/x.xml"})["env"] == {
         "FASTDDS_DEFAULT_PROFILES_FILE": "/x.xml"
     }

@@ -17,6 +17,7 @@ SUITES: dict[str, tuple[str, str]] = {
     "gemm": ("fp32 GEMM peak GFLOP/s of this machine (torch, numpy)", "gemm"),
     "tracker": ("tracker + label propagation fps, alone and with the model", "tracker"),
     "node": ("rvm_node end to end vs bare runtime step and rclpy relay; fps", "node"),
+    "transport": ("raw frames from another process: published / received / processed", "transport"),
     "streaming": ("per-frame step time and memory over a 1000-frame stream", "streaming"),
     "peers": ("ms per new frame vs VideoMAE / V-JEPA 2 (windowed) and DINOv2", "peers"),
     "aggregator": ("recurrent core vs self-attention over the last K frames", "aggregator"),
