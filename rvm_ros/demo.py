@@ -1,11 +1,16 @@
-"""``rvm demo`` (``make demo``): the node on a real clip, outputs recorded, a picture and a summary.
+"""``rvm demo`` (``make demo``): the node on a real clip, outputs recorded, a video and a summary.
 
-In one process (MultiThreadedExecutor): a player node publishes the clip as sensor_msgs/Image on
-``/camera/image_raw`` at the clip's frame rate, ``rvm_node`` (the real node class, default
-parameters from config/rvm.yaml) processes it, and a recorder writes the node's outputs
-(FeatureMap, PointTracks, NodeStats; serialised bytes as received) to
-``runs/demo/rvm_demo.mcap`` with rosbags. Afterwards ``demo_strip.png`` shows a few frames with
-PCA feature colours and tracks, and one summary line is printed.
+The camera player (``rvm_ros.player``) runs as its own process, as a camera driver would, and
+publishes the clip as sensor_msgs/Image on ``/camera/image_raw`` at the clip's frame rate. In
+this process (MultiThreadedExecutor) ``rvm_node`` (the real node class, default parameters from
+config/rvm.yaml, sensor-data input QoS) processes it, and a recorder writes the node's outputs
+(FeatureMap, PointTracks, masks, NodeStats; serialised bytes as received) to
+``runs/demo/rvm_demo.mcap`` with rosbags. Before the first frame the demo seeds a mask of two
+buildings through the node's ``set_mask`` service (boxes), as a user's client would.
+
+Afterwards ``rvm_demo.mp4`` shows every processed frame (PCA colours of the features, the
+propagated mask, tracks with short trails and ids), ``demo_frame.png`` one of them, and one
+summary line is printed. All processes use the package's Fast DDS profile (config/fastdds.xml).
 
 Model: ``--model``, else the shipped default (``rvm_ros/data/rvm_default.onnx`` or $RVM_MODEL),
 else a randomly initialised ``tiny`` model exported once into ``runs/cache`` (needs torch).
@@ -14,9 +19,15 @@ else a randomly initialised ``tiny`` model exported once into ``runs/cache`` (ne
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import shutil
+import subprocess
+import sys
+import tempfile
 import threading
 import time
+from collections import defaultdict, deque
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +107,12 @@ class Recorder:
             self.writer.close()
 
 
+# The seed of the demo's mask: boxes (x0, y0, x1, y1, label) on the bundled clip's first frame
+# (640x360: the lit tower in the middle and the smaller one to its left), scaled to other clips.
+DEMO_BOXES = ((268.0, 52.0, 408.0, 359.0, 1), (128.0, 172.0, 226.0, 359.0, 2))
+DEMO_BOXES_HW = (360, 640)
+
+
 def run_demo(
     clip: Path,
     out_dir: Path,
@@ -104,23 +121,26 @@ def run_demo(
     rate: float | None = None,
     device: str = "cpu",
 ) -> dict[str, Any]:
-    """Play ``seconds`` of ``clip`` through rvm_node, record, draw -> summary dict."""
+    """Play ``seconds`` of ``clip`` from a player process through rvm_node, record, draw."""
+    from rvm_ros.dds import use_rvm_dds_profile
+    from rvm_ros.player import read_clip
+
+    use_rvm_dds_profile()  # before rclpy.init, here and (inherited) in the player
     import rclpy
     from rclpy.context import Context
     from rclpy.executors import MultiThreadedExecutor
     from rclpy.parameter import Parameter
-    from rclpy.qos import QoSProfile, ReliabilityPolicy
     from rclpy.serialization import deserialize_message
     from sensor_msgs.msg import Image
 
-    from rvm_core.data.video import probe_video, read_video
     from rvm_ros.bag_eval import node_parameters
-    from rvm_ros.image_codec import encode_image
     from rvm_ros.msg import FeatureMap, NodeStats, PointTracks
     from rvm_ros.node import RVMNode, load_runtime
+    from rvm_ros.srv import SetMask
 
-    fps = rate or probe_video(clip).fps or 10.0
-    frames = read_video(clip, max_frames=max(2, int(round(seconds * fps))))
+    frames, clip_fps = read_clip(clip)
+    fps = rate or clip_fps
+    frames = frames[: max(2, int(round(seconds * fps)))]
     hw = frames.shape[1:3]
     model_path = ensure_model(model, hw, REPO / "runs" / "cache")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -131,6 +151,7 @@ def run_demo(
     ctx = Context()
     rclpy.init(context=ctx)
     executor = MultiThreadedExecutor(num_threads=2, context=ctx)
+    stamps_file = Path(tempfile.mkdtemp(prefix="rvm-demo-")) / "stamps.json"
     try:
         node = RVMNode(
             runtime=runtime,
@@ -139,12 +160,8 @@ def run_demo(
                 Parameter("image_topics", value=[topic]),
                 Parameter("stats_period_sec", value=2.0),
                 Parameter("feature_dtype", value=params["feature_dtype"]),
-                # The demo owns both ends: reliable keep-last-1 still never queues, and raw
-                # frames are not lost to best-effort UDP fragment loss (docs/node.md).
-                Parameter("qos.reliability", value="reliable"),
             ],
         )
-        player = rclpy.create_node("rvm_demo_player", context=ctx)
         recorder_node = rclpy.create_node("rvm_demo_recorder", context=ctx)
         recorder = Recorder(
             recorder_node,
@@ -152,34 +169,36 @@ def run_demo(
             {
                 f"{topic}/rvm/features": ("rvm_ros/msg/FeatureMap", FeatureMap),
                 f"{topic}/rvm/tracks": ("rvm_ros/msg/PointTracks", PointTracks),
+                f"{topic}/rvm/masks": ("sensor_msgs/msg/Image", Image),
                 "/rvm_node/stats": ("rvm_ros/msg/NodeStats", NodeStats),
             },
         )
-        for n in (node, player, recorder_node):
+        for n in (node, recorder_node):
             executor.add_node(n)
-        pub = player.create_publisher(
-            Image, topic, QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
-        )
         spinner = threading.Thread(target=executor.spin, daemon=True)
         spinner.start()
-        # Wait until the node and the recorder are matched, so no frame is published into void.
+        cam = node.cameras[0]
         deadline = time.monotonic() + 10.0
-        while pub.get_subscription_count() < 1 and time.monotonic() < deadline:
+        while (
+            time.monotonic() < deadline
+            and min(
+                cam.pub_features.get_subscription_count(), cam.pub_masks.get_subscription_count()
+            )
+            < 1
+        ):
             time.sleep(0.05)
-        time.sleep(0.5)
-        stamps: dict[tuple[int, int], int] = {}
-        msgs = [Image(**encode_image(f)) for f in frames]  # outside the timed loop
-        t0 = time.monotonic()
-        for i, msg in enumerate(msgs):
-            time.sleep(max(0.0, t0 + i / fps - time.monotonic()))
-            msg.header.stamp = player.get_clock().now().to_msg()
-            msg.header.frame_id = "camera"
-            stamps[(msg.header.stamp.sec, msg.header.stamp.nanosec)] = i
-            pub.publish(msg)
-        played_s = time.monotonic() - t0
+        seeded = _seed_mask(recorder_node, f"{topic}/rvm/set_mask", SetMask, hw)
+        cmd = [sys.executable, "-m", "rvm_ros.player", str(clip), "--topic", topic]
+        cmd += ["--seconds", str(len(frames) / fps), "--rate", str(fps)]
+        cmd += ["--stamps", str(stamps_file)]
+        player = subprocess.run(
+            cmd, env=dict(os.environ), capture_output=True, text=True, timeout=120
+        )
+        if player.returncode != 0:
+            raise RuntimeError(f"camera player failed: {player.stderr.strip()[-300:]}")
         time.sleep(1.0)  # let the last frame come through
-        snap = node.cameras[0].pipeline.stats.snapshot(now=None)
-        lat_p50, lat_p95 = node.cameras[0].pipeline.stats.latency_percentiles((50, 95))
+        snap = cam.pipeline.stats.snapshot(now=None)
+        lat_p50, lat_p95 = cam.pipeline.stats.latency_percentiles((50, 95))
         recorder.close()
     finally:
         executor.shutdown(timeout_sec=2.0)
@@ -187,15 +206,16 @@ def run_demo(
             n.destroy_node()
         ctx.try_shutdown()
 
-    feats = [
-        deserialize_message(raw, FeatureMap)
-        for _, raw in recorder.messages[f"{topic}/rvm/features"]
-    ]
-    tracks = [
-        deserialize_message(raw, PointTracks) for _, raw in recorder.messages[f"{topic}/rvm/tracks"]
-    ]
-    strip = out_dir / "demo_strip.png"
-    write_strip(strip, frames, stamps, feats, tracks)
+    played = json.loads(stamps_file.read_text())
+    shutil.rmtree(stamps_file.parent, ignore_errors=True)
+    stamps = {tuple(st): i for i, st in enumerate(played["stamps"])}
+    msgs = recorder.messages
+    feats = [deserialize_message(raw, FeatureMap) for _, raw in msgs[f"{topic}/rvm/features"]]
+    tracks = [deserialize_message(raw, PointTracks) for _, raw in msgs[f"{topic}/rvm/tracks"]]
+    masks = [deserialize_message(raw, Image) for _, raw in msgs[f"{topic}/rvm/masks"]]
+    video = out_dir / "rvm_demo.mp4"
+    picture = out_dir / "demo_frame.png"
+    write_video(video, picture, frames, stamps, feats, tracks, masks, fps)
     last = tracks[-1] if tracks else None
     bag = next((out_dir / "rvm_demo").glob("*.mcap"), out_dir / "rvm_demo")
     final = out_dir / "rvm_demo.mcap"
@@ -206,53 +226,121 @@ def run_demo(
         "clip": str(clip),
         "model": str(model_path),
         "model_id": info.model_id,
-        "published": len(frames),
+        "published": len(played["stamps"]),
+        "received": snap.frames_in,
         "processed": snap.frames_processed,
         "dropped": snap.frames_dropped,
-        "fps": (len(feats) - 1) / max(played_s, 1e-6) if feats else 0.0,
+        "fps": _rate(feats),
         "input_fps": fps,
         "latency_p50_ms": lat_p50,
         "latency_p95_ms": lat_p95,
         "tracks_alive": int(np.sum(np.asarray(last.visible))) if last else 0,
         "tracks_total": len(last.ids) if last else 0,
+        "mask_seeded": seeded,
+        "masks": len(masks),
         "recorded": dict(recorder.counts),
         "bag": str(final),
-        "strip": str(strip),
+        "video": str(video),
+        "picture": str(picture),
     }
 
 
-def write_strip(
-    path: Path, frames: np.ndarray, stamps: dict, feats: list, tracks: list, n: int = 5
+def _rate(feats: list) -> float:
+    """Processed frames per second over the stamps of the recorded FeatureMaps."""
+    if len(feats) < 2:
+        return 0.0
+    t = [f.header.stamp.sec + f.header.stamp.nanosec * 1e-9 for f in feats]
+    return (len(t) - 1) / max(t[-1] - t[0], 1e-6)
+
+
+def _seed_mask(node: Any, service: str, srv_type: Any, hw: tuple[int, int]) -> bool:
+    """Call the camera's set_mask service with the demo boxes (scaled to the clip) -> success."""
+    cli = node.create_client(srv_type, service)
+    if not cli.wait_for_service(timeout_sec=10.0):
+        return False
+    sy, sx = hw[0] / DEMO_BOXES_HW[0], hw[1] / DEMO_BOXES_HW[1]
+    req = srv_type.Request()
+    req.box_x0 = [b[0] * sx for b in DEMO_BOXES]
+    req.box_y0 = [b[1] * sy for b in DEMO_BOXES]
+    req.box_x1 = [b[2] * sx for b in DEMO_BOXES]
+    req.box_y1 = [b[3] * sy for b in DEMO_BOXES]
+    req.box_labels = [b[4] for b in DEMO_BOXES]
+    done = threading.Event()
+    fut = cli.call_async(req)
+    fut.add_done_callback(lambda _: done.set())
+    done.wait(timeout=10.0)
+    return bool(fut.done() and fut.result() is not None and fut.result().success)
+
+
+def write_video(
+    path: Path,
+    picture: Path,
+    frames: np.ndarray,
+    stamps: dict,
+    feats: list,
+    tracks: list,
+    masks: list,
+    fps: float,
+    trail: int = 8,
 ) -> None:
-    """PNG of ``n`` evenly spaced processed frames: PCA colours of the features + tracks."""
+    """MP4 of every processed frame (PCA colours, mask, tracks with trails and ids) and a PNG
+    of the frame two thirds in (480 px wide)."""
     import cv2
 
     from rvm_ros.messages import features_from_msg, tracks_from_msg
-    from rvm_ros.visualize import PCAColorizer, debug_image
+    from rvm_ros.visualize import PCAColorizer, debug_image, draw_trails, overlay_mask
 
-    by_stamp = {(t.header.stamp.sec, t.header.stamp.nanosec): t for t in tracks}
+    def key(msg: Any) -> tuple[int, int]:
+        return (msg.header.stamp.sec, msg.header.stamp.nanosec)
+
+    by_stamp = {key(t): t for t in tracks}
+    mask_by_stamp = {key(m): m for m in masks}
     colorizer = PCAColorizer()
-    colorizer(features_from_msg(feats[0]))  # fit colours on the first frame, as the node does
-    tiles = []
-    for k in np.linspace(0, len(feats) - 1, min(n, len(feats))).round().astype(int):
-        fm = feats[k]
-        key = (fm.header.stamp.sec, fm.header.stamp.nanosec)
-        frame = frames[stamps[key]]
-        tr = by_stamp.get(key)
-        t = tracks_from_msg(tr) if tr is not None else None
-        img = debug_image(
-            frame,
-            colorizer(features_from_msg(fm)),
-            t["xy"] if t else np.zeros((0, 2)),
-            t["visible"] if t else np.zeros(0, bool),
-        )
-        h, w = img.shape[:2]
-        img = cv2.resize(img, (320, round(320 * h / w)), interpolation=cv2.INTER_AREA)
-        cv2.putText(
-            img, f"frame {stamps[key]}", (6, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1
-        )
-        tiles.append(img)
-    cv2.imwrite(str(path), cv2.cvtColor(np.hstack(tiles), cv2.COLOR_RGB2BGR))
+    h, w = frames.shape[1:3]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), float(fps), (w, h))
+    history: dict[int, deque] = defaultdict(lambda: deque(maxlen=trail))
+    pick = (2 * len(feats)) // 3
+    try:
+        for n, fm in enumerate(feats):
+            k = key(fm)
+            if k not in stamps:
+                continue
+            if fm.frame_index == 0:
+                colorizer.reset()  # colours are fitted on a sequence's first frame, as the node
+                history.clear()
+            img = debug_image(frames[stamps[k]], colorizer(features_from_msg(fm)), [], [])
+            m = mask_by_stamp.get(k)
+            if m is not None:
+                ids = np.frombuffer(bytes(m.data), np.uint8).reshape(m.height, m.step)
+                img = overlay_mask(img, ids[:, : m.width])
+            visible: dict[int, bool] = {}
+            tr = by_stamp.get(k)
+            if tr is not None:
+                t = tracks_from_msg(tr)
+                for tid, (x, y), vis in zip(t["ids"].tolist(), t["xy"], t["visible"]):
+                    history[tid].append((float(x), float(y)))
+                    visible[tid] = bool(vis)
+                for tid in [i for i in history if i not in visible]:
+                    del history[tid]
+            img = draw_trails(img, {i: list(p) for i, p in history.items()}, visible)
+            cv2.putText(
+                img,
+                f"frame {stamps[k]}",
+                (6, 16),
+                cv2.FONT_HERSHEY_SIMPLEX,
+                0.45,
+                (255, 255, 255),
+                1,
+                cv2.LINE_AA,
+            )
+            bgr = cv2.cvtColor(img, cv2.COLOR_RGB2BGR)
+            writer.write(bgr)
+            if n == pick:
+                size = (480, round(480 * h / w))
+                small = cv2.resize(bgr, size, interpolation=cv2.INTER_AREA)
+                cv2.imwrite(str(picture), small)
+    finally:
+        writer.release()
 
 
 def demo_args(p: argparse.ArgumentParser) -> None:
@@ -267,11 +355,14 @@ def demo_args(p: argparse.ArgumentParser) -> None:
 def cmd_demo(args: argparse.Namespace) -> int:
     clip = Path(args.clip) if args.clip else default_clip()
     s = run_demo(clip, Path(args.out), args.model, args.seconds, args.rate, args.device)
+    share = 100.0 * s["processed"] / max(s["published"], 1)
     print(
         f"rvm demo: {s['published']} frames published at {s['input_fps']:.1f} fps, "
         f"{s['processed']} processed ({s['dropped']} dropped) at {s['fps']:.1f} fps, "
         f"latency p50 {s['latency_p50_ms']:.1f} ms p95 {s['latency_p95_ms']:.1f} ms, "
-        f"tracks alive {s['tracks_alive']}/{s['tracks_total']}, model {s['model_id']} | "
-        f"{s['bag']} {s['strip']}"
+        f"tracks alive {s['tracks_alive']}/{s['tracks_total']}, model {s['model_id']}, "
+        f"{s['received']} received, {share:.0f}% of published processed, "
+        f"{s['masks']} masks{'' if s['mask_seeded'] else ' (seed refused)'} | "
+        f"{s['video']} {s['picture']} {s['bag']}"
     )
     return 0

@@ -75,3 +75,71 @@ def debug_image(
                 cv2.LINE_AA,
             )
     return out
+
+
+# Mask colours (RGB) by label id; id 0 (background) is left uncoloured.
+_PALETTE = np.array(
+    [
+        (0, 0, 0),
+        (255, 64, 64),
+        (64, 160, 255),
+        (255, 200, 0),
+        (200, 80, 255),
+        (0, 220, 140),
+        (255, 128, 0),
+        (255, 255, 255),
+    ],
+    np.uint8,
+)
+
+
+def overlay_mask(image: np.ndarray, labels: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    """RGB [H,W,3] + label ids [H,W] -> RGB with each object tinted and outlined."""
+    import cv2
+
+    out = image.copy()
+    for label in np.unique(labels):
+        if label == 0:
+            continue
+        color = _PALETTE[1 + (int(label) - 1) % (len(_PALETTE) - 1)]
+        sel = labels == label
+        out[sel] = (out[sel] * (1 - alpha) + color * alpha).astype(np.uint8)
+        contours, _ = cv2.findContours(
+            sel.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
+        )
+        cv2.drawContours(out, contours, -1, tuple(int(c) for c in color), 2, cv2.LINE_AA)
+    return out
+
+
+def draw_trails(
+    image: np.ndarray, trails: dict[int, list[tuple[float, float]]], visible: dict[int, bool]
+) -> np.ndarray:
+    """Draw each track's recent positions as a fading line, its head as a dot with its id."""
+    import cv2
+
+    out = image
+    h, w = out.shape[:2]
+    radius = max(2, round(min(h, w) / 120))
+    for tid, pts in trails.items():
+        pts = [(int(round(x)), int(round(y))) for x, y in pts if np.isfinite(x) and np.isfinite(y)]
+        if not pts:
+            continue
+        for k in range(1, len(pts)):
+            shade = int(80 + 175 * k / len(pts))
+            cv2.line(out, pts[k - 1], pts[k], (shade, shade, 0), 1, cv2.LINE_AA)
+        head = pts[-1]
+        if visible.get(tid, False):
+            cv2.circle(out, head, radius, (0, 255, 0), -1, cv2.LINE_AA)
+        else:
+            cv2.circle(out, head, radius, (255, 0, 0), 1, cv2.LINE_AA)
+        cv2.putText(
+            out,
+            str(tid),
+            (head[0] + radius + 1, head[1] - 1),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            0.3,
+            (255, 255, 255),
+            1,
+            cv2.LINE_AA,
+        )
+    return out

@@ -1,4 +1,5 @@
-"""``rvm demo``: a real clip through the node, outputs recorded to mcap, a strip, a summary."""
+"""``rvm demo``: a real clip from a player process through the node, outputs recorded to mcap,
+a video, a picture and a summary."""
 
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ def test_demo_records_draws_and_summarises(tmp_path, capsys):
     line = capsys.readouterr().out.strip().splitlines()[-1]
     m = re.match(
         r"rvm demo: (\d+) frames published at [\d.]+ fps, (\d+) processed \((\d+) dropped\) at "
-        r"([\d.]+) fps, latency p50 ([\d.]+) ms p95 ([\d.]+) ms, tracks alive (\d+)/(\d+)",
+        r"([\d.]+) fps, latency p50 ([\d.]+) ms p95 ([\d.]+) ms, tracks alive (\d+)/(\d+), "
+        r"model \S+, (\d+) received, \d+% of published processed, (\d+) masks \| ",
         line,
     )
     assert m, line
@@ -35,6 +37,9 @@ def test_demo_records_draws_and_summarises(tmp_path, capsys):
     # QoS, never more, and processing went on through the clip (checked on the bag below).
     assert published == 20 and 2 <= processed and processed + dropped <= published
     assert int(m[8]) == 64  # the 8x8 auto-seeded grid
+    received, n_masks = int(m[9]), int(m[10])
+    assert processed + dropped == received <= published
+    assert n_masks == processed  # seeded before the first frame, one mask per processed frame
     bag = tmp_path / "rvm_demo.mcap"
     with AnyReader([bag], default_typestore=typestore()) as reader:
         counts = {c.topic: c.msgcount for c in reader.connections}
@@ -47,5 +52,11 @@ def test_demo_records_draws_and_summarises(tmp_path, capsys):
     assert span_s >= 1.0  # features for frames across the 2 s clip, not only its start
     assert counts["/camera/image_raw/rvm/features"] == processed
     assert counts["/camera/image_raw/rvm/tracks"] == processed
-    strip = cv2.imread(str(tmp_path / "demo_strip.png"))
-    assert strip is not None and strip.shape[1] == 5 * 320
+    assert counts["/camera/image_raw/rvm/masks"] == processed
+    video = cv2.VideoCapture(str(tmp_path / "rvm_demo.mp4"))
+    assert video.get(cv2.CAP_PROP_FRAME_COUNT) == processed
+    ok, first = video.read()
+    assert ok and first.shape == (360, 640, 3)  # the clip's size
+    video.release()
+    picture = cv2.imread(str(tmp_path / "demo_frame.png"))
+    assert picture is not None and picture.shape[1] == 480
