@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Callable
+from typing import Any
 
 from rvm_ros.bag_eval import bag_eval_args, cmd_bag_eval, cmd_make_bag, make_bag_args
 from rvm_ros.demo import cmd_demo, demo_args
@@ -114,6 +116,31 @@ def cmd_features(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- track (query checks) --------------------------------------------------------------------
+def check_queries(queries: Any, num_frames: int, hw: tuple[int, int]) -> None:
+    """Raise ValueError naming the first query row (t, x, y) that is non-finite or outside the
+    video (frames 0..T-1, pixel centres -0.5..W-0.5 / H-0.5)."""
+    h, w = hw
+    for i, (t, x, y) in enumerate(queries):
+        row = f"query row {i} (t={t:g}, x={x:g}, y={y:g})"
+        if not all(map(math.isfinite, (t, x, y))):
+            raise ValueError(f"{row}: not finite")
+        if not 0 <= round(t) < num_frames:
+            raise ValueError(f"{row}: frame outside the video's {num_frames} frames")
+        if not (-0.5 <= x <= w - 0.5 and -0.5 <= y <= h - 0.5):
+            raise ValueError(f"{row}: outside the {w}x{h} image")
+
+
+def cmd_track_checked(args: argparse.Namespace) -> int:
+    """``rvm track``, with the queries checked against the video before any work."""
+    from .data.video import probe_video
+    from .eval.commands import read_queries
+
+    info = probe_video(args.video)
+    check_queries(read_queries(args.queries), info.num_frames, (info.height, info.width))
+    return cmd_track(args)
+
+
 # -- entry point -----------------------------------------------------------------------------
 Setup = Callable[[argparse.ArgumentParser], None]
 Run = Callable[[argparse.Namespace], int]
@@ -142,7 +169,7 @@ COMMANDS: dict[str, tuple[str, Setup, Run]] = {
         cmd_bag_eval,
     ),
     "make-bag": ("write a video as a sensor_msgs/Image rosbag2", make_bag_args, cmd_make_bag),
-    "track": ("track query points through a video (rvm/hybrid/lk)", track_args, cmd_track),
+    "track": ("track query points through a video (rvm/hybrid/lk)", track_args, cmd_track_checked),
     "propagate": ("propagate a first-frame mask through a video", propagate_args, cmd_propagate),
     "eval": ("benchmarks: eval synthetic | tapvid DATA | davis DATA", eval_args, cmd_eval),
 }
@@ -161,11 +188,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the ``rvm`` command; expected failures print one line and exit with status 1."""
     from .checkpoint import CheckpointError
+    from .data.video import VideoReadError
 
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (CheckpointError, ValueError, FileNotFoundError, OSError) as exc:
+    except (CheckpointError, VideoReadError, ValueError, FileNotFoundError, OSError) as exc:
         print(f"rvm {args.command}: error: {exc}", file=sys.stderr)
         return 1
 

@@ -123,3 +123,39 @@ def test_track_without_checkpoint_runs_the_shipped_model(tmp_path):
     assert main(argv + ["--method", "rvm"]) == 0
     with np.load(out) as r:
         assert r["tracks"].shape == (1, 3, 2) and r["occluded"].shape == (1, 3)
+
+
+@pytest.mark.parametrize("kind", ["corrupt", "empty", "empty_folder", "missing"])
+def test_features_bad_video_is_one_line(tmp_path, capsys, kind):
+    video = tmp_path / "v.mp4"
+    if kind == "corrupt":
+        video.write_bytes(np.random.default_rng(0).integers(0, 256, 5000, np.uint8).tobytes())
+    elif kind == "empty":
+        video.write_bytes(b"")
+    elif kind == "empty_folder":
+        video = tmp_path / "frames"
+        video.mkdir()
+    assert main(["features", str(video), "--out", str(tmp_path / "f.npy")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("rvm features: error: "), err
+    assert not (tmp_path / "f.npy").exists()
+
+
+@pytest.mark.parametrize(
+    "row, why",
+    [
+        ("0,nan,30", "query row 1 (t=0, x=nan, y=30): not finite"),
+        ("0,40,inf", "query row 1 (t=0, x=40, y=inf): not finite"),
+        ("0,128,30", "query row 1 (t=0, x=128, y=30): outside the 128x96 image"),
+        ("0,40,-3", "query row 1 (t=0, x=40, y=-3): outside the 128x96 image"),
+        ("5,40,30", "query row 1 (t=5, x=40, y=30): frame outside the video's 3 frames"),
+    ],
+)
+def test_track_rejects_bad_query_rows_by_name(tmp_path, capsys, row, why):
+    video = tmp_path / "v.npy"
+    np.save(video, np.zeros((3, 96, 128, 3), np.uint8))
+    (tmp_path / "q.csv").write_text(f"t,x,y\n0,10,10\n{row}\n")
+    argv = ["track", str(video), "--queries", str(tmp_path / "q.csv"), "--out", str(tmp_path / "t")]
+    assert main(argv + ["--method", "lk"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"rvm track: error: {why}"]
