@@ -898,3 +898,33 @@ def test_fuzz_mask_service_never_kills_the_node(rvm_node, make_node, spin_until,
     assert node._worker.is_alive()
     s = cam.pipeline.stats.snapshot()
     assert s.frames_rejected == 0 and s.frames_processed == len(outs.features)
+
+
+def test_example_mask_client(rvm_node, make_node, spin_until, model64):
+    """``python -m rvm_ros.mask_client`` (the documented example) seeds and reads masks."""
+    node = rvm_node(model64, ["/mc/image"], tracks__grid=[2, 2])
+    client = make_node("rvm_test_client")
+    outs = Outputs(client, "/mc/image")
+    pub = client.create_publisher(Image, "/mc/image", QOS)
+    cam = node.cameras[0]
+    _connect(spin_until, pub, lambda: cam.pub_features.get_subscription_count() >= 1)
+    cmd = [sys.executable, "-m", "rvm_ros.mask_client", "/mc/image", "--masks", "2"]
+    cmd += ["--box", "4", "4", "30", "30", "1", "--point", "50", "50", "2", "--radius", "5"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    frame = np.full((64, 64, 3), 99, np.uint8)
+    last = [0]
+
+    def step() -> None:  # frames at ~20 Hz (stamped now) once the client has seeded a mask
+        now = time.time_ns()
+        if cam.pipeline.masks.active and now - last[0] > 50_000_000:
+            last[0] = now
+            pub.publish(_image(frame, now))
+
+    assert spin_until(lambda: proc.poll() is not None, timeout_sec=60.0, step=step)
+    out, err = proc.communicate()
+    assert proc.returncode == 0, out + err
+    lines = out.strip().splitlines()
+    assert lines[0].startswith("set_mask: success=True labels=2"), lines
+    assert len(lines) == 3 and all(" 64x64 pixels per label " in x for x in lines[1:]), lines
+    assert "{1: 729, 2: 81}" in lines[1]  # the seed frame: the box (27x27) and the disc
+    assert outs.features

@@ -78,9 +78,8 @@ def publish_main(argv: list[str]) -> int:
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import Image
 
-    from rvm_ros.image_codec import encode_image
-
     from rvm_ros.dds import use_rvm_dds_profile
+    from rvm_ros.image_codec import encode_image
 
     topic, seconds, rate, h, w, out = argv
     seconds, rate = float(seconds), float(rate)
