@@ -229,7 +229,9 @@ _ENUMS = {
 }
 
 # REP-2003 sensor-data semantics (best effort, volatile) with the newest frame only: the worker
-# takes the newest frame anyway, and a deeper reader queue only hands it older ones.
+# takes the newest frame anyway, and a deeper reader queue hands it older ones when the executor
+# runs late (measured with depth 5 under 3.5x overload: p99 age 3 frames instead of <= 2). The
+# price: a frame the executor has not taken when the next arrives is replaced, uncounted.
 INPUT_QOS = QoSProfile(
     history=HistoryPolicy.KEEP_LAST,
     depth=1,
