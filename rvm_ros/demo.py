@@ -338,7 +338,7 @@ def write_video(
             if n == pick:
                 size = (480, round(480 * h / w))
                 small = cv2.resize(bgr, size, interpolation=cv2.INTER_AREA)
-                cv2.imwrite(str(picture), small)
+                cv2.imwrite(str(picture), small, [cv2.IMWRITE_PNG_COMPRESSION, 9])
     finally:
         writer.release()
 
