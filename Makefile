@@ -32,6 +32,8 @@ endif
 PIP_STAMP := $(VENV)/.rvm-pip.stamp
 IFACE_STAMP := $(BUILD)/interfaces.stamp
 INTERFACES := $(wildcard msg/*.msg srv/*.srv)
+# Installed into the venv's share/rvm_ros (the node reads them from there): rebuild when edited.
+SHARE_FILES := $(wildcard config/* launch/*)
 
 # Environment for building against the ROS 2 wheels installed in the venv.
 ROS_ENV := AMENT_PREFIX_PATH=$(VENV_ABS) CMAKE_PREFIX_PATH=$(VENV_ABS) PATH=$(VENV_ABS)/bin:$$PATH
@@ -56,7 +58,7 @@ $(PIP_STAMP): setup.py pyproject.toml constraints.txt requirements-ros.txt | $(P
 # share/ go into the venv prefix (the ROS wheels put $(VENV)/lib on LD_LIBRARY_PATH); the
 # generated Python package goes to .build/python/rvm_ros, which rvm_ros/__init__.py adds to
 # rvm_ros.__path__. CMake prints nothing alarming here; see CMakeLists.txt for the workarounds.
-$(IFACE_STAMP): $(PIP_STAMP) CMakeLists.txt package.xml $(INTERFACES)
+$(IFACE_STAMP): $(PIP_STAMP) CMakeLists.txt package.xml $(INTERFACES) $(SHARE_FILES)
 	@mkdir -p $(BUILD)
 	rm -rf $(BUILD)/python
 	$(ROS_ENV) $(CMAKE) -S . -B $(BUILD)/cmake $(ROS_CMAKE_ARGS) \

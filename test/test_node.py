@@ -928,3 +928,14 @@ def test_example_mask_client(rvm_node, make_node, spin_until, model64):
     assert len(lines) == 3 and all(" 64x64 pixels per label " in x for x in lines[1:]), lines
     assert "{1: 729, 2: 81}" in lines[1]  # the seed frame: the box (27x27) and the disc
     assert outs.features
+
+
+def test_ros_side_modules_import_neither_torch_nor_pyav():
+    code = (
+        "import sys; import rvm_ros.node, rvm_ros.demo, rvm_ros.player, rvm_ros.masks, "
+        "rvm_ros.diagnostics, rvm_ros.mask_client, rvm_ros.dds, rvm_ros.launch_local; "
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'av')); "
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
