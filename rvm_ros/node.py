@@ -593,6 +593,8 @@ class RVMNode(LifecycleNode):
             cam.pub_debug.publish(Image(header=r.header, **encode_image(img)))
 
     def _publish_stats(self) -> None:
+        if self.state != "active":
+            return
         header = Header(stamp=self.get_clock().now().to_msg())
         for cam in self.cameras:
             snap = cam.pipeline.stats.snapshot()
@@ -605,12 +607,15 @@ class RVMNode(LifecycleNode):
     def publish_diagnostics(self) -> None:
         """One DiagnosticArray: the model/runtime status and one status per camera."""
         name = self.get_fully_qualified_name().lstrip("/")
-        statuses = [model_status(name, self.state, self.info, self.error)]
-        active = self.state == "active"
-        for cam in list(self.cameras):
+        # Locals: a lifecycle transition on another executor thread may release them meanwhile.
+        state, info, cameras = self.state, self.info, list(self.cameras)
+        statuses = [model_status(name, state, info, self.error)]
+        if info is None:
+            cameras = []
+        for cam in cameras:
             snap = cam.pipeline.stats.snapshot()
             extra = {
-                "lifecycle_state": self.state,
+                "lifecycle_state": state,
                 "frame_index": cam.pipeline.frame_index,
                 "sequence_id": cam.pipeline.sequence_id,
                 "mask_labels": cam.pipeline.masks.num_labels,
@@ -622,9 +627,9 @@ class RVMNode(LifecycleNode):
                     cam.name,
                     snap,
                     cam.last_diag,
-                    active,
+                    state == "active",
                     self.diagnostics_config,
-                    self.info,
+                    info,
                     extra,
                 )
             )
