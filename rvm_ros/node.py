@@ -38,6 +38,7 @@ Start without ``ros2 launch``::
 # ruff: noqa: E402  (OPENBLAS_NUM_THREADS must be set before numpy is imported)
 from __future__ import annotations
 
+import copy
 import os
 
 # Before numpy loads: the node's numpy work is on small matrices (tracker), where a second BLAS
@@ -490,7 +491,7 @@ class RVMNode(LifecycleNode):
             CompressedImage if compressed else Image,
             cam.topic,
             on_image,
-            INPUT_QOS,
+            copy.copy(INPUT_QOS),  # the QoS overrides are applied to the profile in place
             qos_overriding_options=QoSOverridingOptions.with_default_policies(),
         )
 
