@@ -46,6 +46,7 @@ class PipelineConfig:
     tracks_reseed: bool = True  # re-seed empty grid cells when their track is lost
     tracks_lost_frames: int = 15  # consecutive invisible frames before a track is dropped
     tracks_method: str = "rvm"  # "rvm" (features), "hybrid" (features + LK) or "lk"
+    mask_context: int = 7  # previous frames the mask propagation attends to (plus the seed)
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> PipelineConfig:
@@ -68,6 +69,7 @@ _PARAMETER_FIELDS = {
     "tracks.reseed_when_lost": "tracks_reseed",
     "tracks.lost_frames": "tracks_lost_frames",
     "tracks.method": "tracks_method",
+    "masks.context": "mask_context",
 }
 
 
@@ -154,7 +156,7 @@ class CameraPipeline:
         self._last_stamp: float | None = None
         self._last_hw: tuple[int, int] | None = None
         self._reset_requested: str | None = None
-        self.masks = MaskTracker()
+        self.masks = MaskTracker(self.config.mask_context)
         self.mask_failures = 0  # seeds that did not fit their frame, propagation errors
 
     @property

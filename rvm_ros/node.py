@@ -216,6 +216,11 @@ PARAMETERS: dict[str, tuple[Any, str, tuple[float, float] | None]] = {
         "a camera below this processed rate is WARN; 0: no check",
         (0.0, 1e4),
     ),
+    "masks.context": (
+        7,
+        "previous frames the mask propagation attends to, besides the seed frame",
+        (1, 100),
+    ),
     "masks.max_pixels": (
         DEFAULT_MAX_PIXELS,
         "larger SetMask label images are refused",
