@@ -1,11 +1,11 @@
 """``rvm demo`` (``make demo``): the node on a real clip, outputs recorded, a video and a summary.
 
-The camera player (``rvm_ros.player``) runs as its own process, as a camera driver would, and
-publishes the clip as sensor_msgs/Image on ``/camera/image_raw`` at the clip's frame rate. In
-this process (MultiThreadedExecutor) ``rvm_node`` (the real node class, default parameters from
-config/rvm.yaml, sensor-data input QoS) processes it, and a recorder writes the node's outputs
-(FeatureMap, PointTracks, masks, NodeStats; serialised bytes as received) to
-``runs/demo/rvm_demo.mcap`` with rosbags. Before the first frame the demo seeds a mask of two
+Three processes, as on a robot: the camera player (``rvm_ros.player``, as a camera driver
+would) publishes the clip as sensor_msgs/Image on ``/camera/image_raw`` at the clip's frame
+rate; ``rvm_node`` runs as ``python -m rvm_ros.launch_local`` starts it (the package's params
+file, sensor-data input QoS); this process records the node's outputs (FeatureMap, PointTracks,
+masks, NodeStats; serialised bytes as received) to ``runs/demo/rvm_demo.mcap`` with rosbags and
+reads the node's counters from ``/diagnostics``. Before the first frame the demo seeds a mask of two
 buildings through the node's ``set_mask`` service (boxes), as a user's client would.
 
 Afterwards ``rvm_demo.mp4`` shows every processed frame (PCA colours of the features, the
@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -121,21 +122,19 @@ def run_demo(
     rate: float | None = None,
     device: str = "cpu",
 ) -> dict[str, Any]:
-    """Play ``seconds`` of ``clip`` from a player process through rvm_node, record, draw."""
+    """Play ``seconds`` of ``clip``: player process -> rvm_node process -> recorder here."""
     from rvm_ros.dds import use_rvm_dds_profile
     from rvm_ros.player import read_clip
 
-    use_rvm_dds_profile()  # before rclpy.init, here and (inherited) in the player
+    use_rvm_dds_profile()  # before rclpy.init, here and (inherited) in the player and the node
     import rclpy
+    from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.context import Context
-    from rclpy.executors import MultiThreadedExecutor
-    from rclpy.parameter import Parameter
+    from rclpy.executors import SingleThreadedExecutor
     from rclpy.serialization import deserialize_message
     from sensor_msgs.msg import Image
 
-    from rvm_ros.bag_eval import node_parameters
     from rvm_ros.msg import FeatureMap, NodeStats, PointTracks
-    from rvm_ros.node import RVMNode, load_runtime
     from rvm_ros.srv import SetMask
 
     frames, clip_fps = read_clip(clip)
@@ -144,24 +143,17 @@ def run_demo(
     hw = frames.shape[1:3]
     model_path = ensure_model(model, hw, REPO / "runs" / "cache")
     out_dir.mkdir(parents=True, exist_ok=True)
-    params = node_parameters(None)  # config/rvm.yaml, as `ros2 launch` would start the node
-    runtime, info = load_runtime(str(model_path), device, params["threads"], params["warmup_steps"])
-
     topic = "/camera/image_raw"
+    # The node as `ros2 launch rvm_ros rvm.launch.py` would start it (package params file).
+    node_cmd = [sys.executable, "-m", "rvm_ros.launch_local", f"image_topic:={topic}"]
+    node_cmd += [f"model_path:={model_path}", f"device:={device}", "log_level:=warn"]
+    node_proc = subprocess.Popen(node_cmd, env=dict(os.environ))
     ctx = Context()
     rclpy.init(context=ctx)
-    executor = MultiThreadedExecutor(num_threads=2, context=ctx)
+    executor = SingleThreadedExecutor(context=ctx)
     stamps_file = Path(tempfile.mkdtemp(prefix="rvm-demo-")) / "stamps.json"
+    diagnostics: dict[str, str] = {}
     try:
-        node = RVMNode(
-            runtime=runtime,
-            context=ctx,
-            parameter_overrides=[
-                Parameter("image_topics", value=[topic]),
-                Parameter("stats_period_sec", value=2.0),
-                Parameter("feature_dtype", value=params["feature_dtype"]),
-            ],
-        )
         recorder_node = rclpy.create_node("rvm_demo_recorder", context=ctx)
         recorder = Recorder(
             recorder_node,
@@ -173,20 +165,25 @@ def run_demo(
                 "/rvm_node/stats": ("rvm_ros/msg/NodeStats", NodeStats),
             },
         )
-        for n in (node, recorder_node):
-            executor.add_node(n)
+
+        def on_diagnostics(msg: Any) -> None:
+            for st in msg.status:
+                if st.hardware_id == topic:
+                    diagnostics.clear()
+                    diagnostics.update({kv.key: kv.value for kv in st.values})
+                elif st.name.endswith(": model"):
+                    diagnostics["model_message"] = st.message
+
+        recorder_node.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, 10)
+        executor.add_node(recorder_node)
         spinner = threading.Thread(target=executor.spin, daemon=True)
         spinner.start()
-        cam = node.cameras[0]
-        deadline = time.monotonic() + 10.0
-        while (
-            time.monotonic() < deadline
-            and min(
-                cam.pub_features.get_subscription_count(), cam.pub_masks.get_subscription_count()
-            )
-            < 1
-        ):
+        deadline = time.monotonic() + 60.0
+        while recorder_node.count_publishers(f"{topic}/rvm/masks") < 1:
+            if node_proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"rvm_node did not start (exit status {node_proc.poll()})")
             time.sleep(0.05)
+        time.sleep(0.5)  # the node's publishers see the recorder's subscriptions
         seeded = _seed_mask(recorder_node, f"{topic}/rvm/set_mask", SetMask, hw)
         cmd = [sys.executable, "-m", "rvm_ros.player", str(clip), "--topic", topic]
         cmd += ["--seconds", str(len(frames) / fps), "--rate", str(fps)]
@@ -196,15 +193,24 @@ def run_demo(
         )
         if player.returncode != 0:
             raise RuntimeError(f"camera player failed: {player.stderr.strip()[-300:]}")
-        time.sleep(1.0)  # let the last frame come through
-        snap = cam.pipeline.stats.snapshot(now=None)
-        lat_p50, lat_p95 = cam.pipeline.stats.latency_percentiles((50, 95))
+        n_in = -1
+        deadline = time.monotonic() + 5.0  # the last frames, then one more diagnostics report
+        while time.monotonic() < deadline:
+            time.sleep(1.2)
+            if diagnostics.get("frames_in") == n_in and "frames_processed" in diagnostics:
+                break
+            n_in = diagnostics.get("frames_in")
         recorder.close()
     finally:
         executor.shutdown(timeout_sec=2.0)
         for n in list(executor.get_nodes()):
             n.destroy_node()
         ctx.try_shutdown()
+        node_proc.send_signal(signal.SIGINT)
+        try:
+            node_proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            node_proc.kill()
 
     played = json.loads(stamps_file.read_text())
     shutil.rmtree(stamps_file.parent, ignore_errors=True)
@@ -213,6 +219,12 @@ def run_demo(
     feats = [deserialize_message(raw, FeatureMap) for _, raw in msgs[f"{topic}/rvm/features"]]
     tracks = [deserialize_message(raw, PointTracks) for _, raw in msgs[f"{topic}/rvm/tracks"]]
     masks = [deserialize_message(raw, Image) for _, raw in msgs[f"{topic}/rvm/masks"]]
+    # Latency: image stamp -> FeatureMap received here (node + one small DDS hop).
+    lat_ms = [
+        t * 1e-6 - (f.header.stamp.sec * 1e3 + f.header.stamp.nanosec * 1e-6)
+        for (t, _), f in zip(msgs[f"{topic}/rvm/features"], feats)
+    ]
+    lat_p50, lat_p95 = (float(v) for v in np.percentile(lat_ms, (50, 95))) if lat_ms else (0, 0)
     video = out_dir / "rvm_demo.mp4"
     picture = out_dir / "demo_frame.png"
     write_video(video, picture, frames, stamps, feats, tracks, masks, fps)
@@ -225,11 +237,11 @@ def run_demo(
     return {
         "clip": str(clip),
         "model": str(model_path),
-        "model_id": info.model_id,
+        "model_id": feats[0].model_id if feats else diagnostics.get("model_id", "?"),
         "published": len(played["stamps"]),
-        "received": snap.frames_in,
-        "processed": snap.frames_processed,
-        "dropped": snap.frames_dropped,
+        "received": int(diagnostics.get("frames_in", -1)),
+        "processed": int(diagnostics.get("frames_processed", -1)),
+        "dropped": int(diagnostics.get("frames_dropped", -1)),
         "fps": _rate(feats),
         "input_fps": fps,
         "latency_p50_ms": lat_p50,
