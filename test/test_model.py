@@ -14,7 +14,8 @@ from rvm_core.checkpoint import count_parameters, model_to_official, official_ke
 from rvm_core.config import CONFIGS
 from rvm_core.model import RVM, patchify, reconstruction_loss, sample_mask, unpatchify
 
-SHAPES_FILE = Path(__file__).parents[2] / "shared/reference/official_rvm_s_param_shapes.txt"
+# The released RVM-S key list (names and shapes only, read off the published checkpoint).
+SHAPES_FILE = Path(__file__).parent / "data/official_rvm_s_param_shapes.txt"
 TINY = RVMConfig(
     name="t",
     patch_size=8,
