@@ -131,7 +131,7 @@ def _preload_cuda_libraries() -> None:
             pass
 
 
-def _provider_library_error(name: str) -> str | None:
+def provider_library_error(name: str) -> str | None:
     """Why ORT's ``libonnxruntime_providers_<name>.so`` cannot load (None = it loads).
 
     onnxruntime-gpu lists the CUDA/TensorRT EPs even when the CUDA libraries are missing; the
@@ -319,7 +319,7 @@ class RVMRuntime:
                 self._open(setup, streams)
                 self.attempts.append(Attempt(setup, None))
                 break
-            reason = next((r for r in map(_provider_library_error, _SETUPS[setup][2]) if r), None)
+            reason = next((r for r in map(provider_library_error, _SETUPS[setup][2]) if r), None)
             if reason is None:
                 try:
                     self._open(setup, streams)
