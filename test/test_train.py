@@ -25,6 +25,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from rvm_core.checkpoint import build_model, load_model
+from rvm_core.cli import main
 from rvm_core.train.config import TrainConfig, load_config
 from rvm_core.train.distributed import (
     DistEnv,
@@ -386,6 +387,27 @@ def test_torchrun_two_ranks_fsdp_end_to_end(tmp_path: Path, data_dirs) -> None:
     assert len(losses) == 3 and np.all(np.isfinite(losses))
     model = load_model(tmp_path / "runs/dist/model.safetensors")  # gathered to full tensors
     assert model.config.width == SMALL_MODEL["width"]
+
+
+def test_cache_only_builds_the_cache_as_its_own_step(tmp_path: Path, data_dirs, capsys) -> None:
+    videos, _ = data_dirs
+    cache = tmp_path / "cache"
+    path = write_config(tmp_path, (videos, cache))
+    assert main(["pretrain", "--config", str(path), "--cache-only"]) == 0
+    out = capsys.readouterr().out
+    assert f"cache {cache}:" in out and "1 skipped" in out  # the corrupt file
+    assert len(list(cache.glob("*.npy"))) == len(list(videos.glob("*.npy"))) + REAL_CLIP.is_file()
+    assert not (tmp_path / "runs").exists()  # no run was started
+    (tmp_path / "other").mkdir()
+    no_cache = write_config(tmp_path / "other", (videos, cache), data={"cache_dir": None})
+    assert main(["pretrain", "--config", str(no_cache), "--cache-only"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "needs data.cache_dir" in err and "\n" not in err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["pretrain", "--config", str(path), f"data.paths=[{empty}]", "--cache-only"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "no videos found" in err and "\n" not in err
 
 
 def _compiled(module: torch.nn.Module) -> bool:

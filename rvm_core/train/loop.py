@@ -7,11 +7,13 @@ from compute so the data-wait fraction is known for every step.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -103,9 +105,29 @@ def train(cfg: TrainConfig, resume: bool = False, save: bool = True) -> dict[str
     # -- setup: process group, device, threads, precision ------------------------------------
     env = setup(cfg.run.device, cfg.run.dist_timeout_min, cfg.run.cache_wait_min)
     try:
-        return _train(cfg, env, resume, save)
+        with _deterministic_kernels(cfg.run.deterministic):
+            return _train(cfg, env, resume, save)
     finally:
         teardown(env)
+
+
+@contextlib.contextmanager
+def _deterministic_kernels(enabled: bool) -> Iterator[None]:
+    """Deterministic GPU kernels inside (for an exact-resume check on CUDA); restored after."""
+    if not enabled:
+        yield
+        return
+    old = torch.are_deterministic_algorithms_enabled()
+    old_warn = torch.is_deterministic_algorithms_warn_only_enabled()
+    # Before the first cuBLAS call, which reads the workspace setting once per process.
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    benchmark, torch.backends.cudnn.benchmark = torch.backends.cudnn.benchmark, False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(old, warn_only=old_warn)
+        torch.backends.cudnn.benchmark = benchmark
 
 
 def _train(cfg: TrainConfig, env: DistEnv, resume: bool, save: bool) -> dict[str, Any]:
@@ -115,11 +137,6 @@ def _train(cfg: TrainConfig, env: DistEnv, resume: bool, save: bool) -> dict[str
         threads = max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
     if threads > 0:
         torch.set_num_threads(threads)
-    if cfg.run.deterministic:
-        # Before the first cuBLAS call, which reads the workspace setting once.
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
     mc = cfg.model_config()
     strategy = resolve_strategy(cfg.run.strategy, mc.name, env)
     dtype = autocast_dtype(cfg.run.precision, env.device)
