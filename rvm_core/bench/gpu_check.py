@@ -439,16 +439,18 @@ def _torch_rows(rows: list[Row], plan: Plan, device: str) -> None:
         return [Row(TORCH_ROWS[2], "ran", f"{peak[0]:.0f} TFLOP/s", f"{plan.gemm_n}^2 matmul")]
 
     _guard(rows, TORCH_ROWS[2], gemm)
-    flops = train_flops_per_sample("S")
+    flops: list[float] = []
     for name, strategy in zip(TORCH_ROWS[3:6], ("none", "ddp", "fsdp")):
 
         def train(name: str = name, strategy: str = strategy) -> list[Row]:
             group = (
                 contextlib.nullcontext() if strategy == "none" else one_rank_group("nccl", device)
             )
+            if not flops:
+                flops.append(train_flops_per_sample("S"))
             with group:
                 r = train_throughput("S", strategy, device, plan)
-            tflops = flops * r["samples_per_s"] / 1e12
+            tflops = flops[0] * r["samples_per_s"] / 1e12
             mfu = f", MFU {tflops / peak[0]:.0%} of the GEMM peak" if peak else ""
             note = (
                 f"batch {plan.train_batch}, {r['step_ms']:.0f} ms/step, {tflops:.0f} TFLOP/s{mfu}"
