@@ -17,8 +17,9 @@ Rows, each run on the first CUDA device or skipped with the reason:
 
 Statuses: ``pass`` / ``FAIL`` (a bound was checked), ``ran`` (a measurement without a bound),
 ``skip`` (did not run; the last column says why). Exit status 1 if any row FAILs. Everything
-is local: no network, random weights (speed and parity do not depend on them). About 3-5
-minutes on one recent GPU, most of it the ONNX export on the CPU and the TensorRT engine build.
+is local: no network, random weights (speed and parity do not depend on them). Sized to
+finish in under 8 minutes on one GPU (an estimate: it has not run on one yet); the ONNX export
+of S on the CPU and the TensorRT engine build should be the longest parts.
 
 The check is self-contained (this module imports nothing from the other benchmarks), and its
 measurement functions take a ``device`` so that the CPU tests run the same code.
