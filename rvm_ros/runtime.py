@@ -12,14 +12,20 @@ bound as both input and output). A new frame is copied into the bound image buff
 buffer address stays fixed. That is what CUDA graphs need: with the CUDA EP and
 ``enable_cuda_graph``, each (stream, parity) binding is captured once as its own graph, selected
 per run by the ``gpu_graph_id`` run-config entry (multi-graph support: onnxruntime PR #19636,
-documented in PR #19818 "update docs to include multi-cudagraph support"; -1 would mean "run
-without capture"), and later steps replay it.
+documented in PR #19818 "update docs to include multi-cudagraph support"; ids start at 1, see
+:func:`graph_id`), and later steps replay it. Each binding's first run (the capture) happens
+when its stream is created, for the constructor's ``streams`` inside the fallback chain, and
+all runs happen on one thread owned by the runtime (CUDA graphs are per thread in ORT).
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import ctypes
 import dataclasses
+import functools
+import io
 import json
 import logging
 import os
@@ -94,17 +100,50 @@ def read_metadata(model_path: str | os.PathLike) -> ModelMetadata:
     return ModelMetadata.from_props(sess.get_modelmeta().custom_metadata_map)
 
 
-def _provider_library_error(name: str) -> str | None:
+def default_trt_cache_dir() -> Path:
+    """Where TensorRT engines are cached by default: ``$XDG_CACHE_HOME/rvm/tensorrt``."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "rvm" / "tensorrt"
+
+
+def graph_id(index: int, parity: int) -> int:
+    """The ``gpu_graph_id`` of stream number ``index`` at ``parity``: 1, 2, 3, ...
+
+    ORT reserves 0 (``kCudaGraphAnnotationDefault``, the graph of runs that set no id) and -1
+    (run without capture), in ``onnxruntime/core/providers/cuda/cuda_graph.h``; ids are never
+    reused, since a graph replays the buffer addresses it was captured with.
+    """
+    return 1 + 2 * index + parity
+
+
+@functools.cache
+def _preload_cuda_libraries() -> None:
+    # onnxruntime-gpu >= 1.21 can load CUDA/cuDNN from the nvidia-* wheels (or torch) itself;
+    # without this, cuDNN is loaded lazily on the first run, outside the fallback. It prints
+    # one line per missing library, which the library check below reports better.
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is None:
+        return
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        try:
+            preload()
+        except Exception:  # a layout preload_dlls does not know: the library check decides
+            pass
+
+
+def provider_library_error(name: str) -> str | None:
     """Why ORT's ``libonnxruntime_providers_<name>.so`` cannot load (None = it loads).
 
     onnxruntime-gpu lists the CUDA/TensorRT EPs even when the CUDA libraries are missing; the
-    session then prints a multi-line error and silently runs on CPU. Loading the provider
-    library first gives the real reason (e.g. "libcublasLt.so.13: cannot open shared object").
+    session then prints a multi-line error and silently runs on CPU (even with
+    ``enable_fallback=0``). Loading the provider library first gives the real reason (e.g.
+    "libcublasLt.so.13: cannot open shared object").
     """
     if name == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
         return "this onnxruntime build has no CUDA execution provider"
     if name == "tensorrt" and "TensorrtExecutionProvider" not in ort.get_available_providers():
         return "this onnxruntime build has no TensorRT execution provider"
+    _preload_cuda_libraries()
     lib = Path(ort.__file__).parent / "capi" / f"libonnxruntime_providers_{name}.so"
     if not lib.is_file():  # other platforms / layouts: let session creation decide
         return None
@@ -113,6 +152,63 @@ def _provider_library_error(name: str) -> str | None:
     except OSError as exc:
         return str(exc)
     return None
+
+
+def _check_stream_name(name: Any) -> None:
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"stream name must be a non-empty string, got {name!r}")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else repr(exc)
+
+
+@dataclasses.dataclass(frozen=True)
+class Attempt:
+    """One execution setup the runtime tried, in order, and why it was not used (None: used)."""
+
+    setup: str  # "tensorrt" | "cuda+graphs" | "cuda" | "cpu"
+    reason: str | None
+
+
+# setup -> (what the log line calls it, the EP that must come first, provider libraries)
+_SETUPS = {
+    "tensorrt": ("tensorrt", "TensorrtExecutionProvider", ("cuda", "tensorrt")),
+    "cuda+graphs": ("cuda with CUDA graphs", "CUDAExecutionProvider", ("cuda",)),
+    "cuda": ("cuda without CUDA graphs", "CUDAExecutionProvider", ("cuda",)),
+    "cpu": ("the CPU", "CPUExecutionProvider", ()),
+}
+
+
+def fallback_chain(device: str, cuda_graph: bool = True) -> list[str]:
+    """The setups ``RVMRuntime(device=...)`` tries, in order; the first that works is used."""
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
+    if device == "cpu":
+        return ["cpu"]
+    cuda = ["cuda+graphs", "cuda"] if cuda_graph else ["cuda"]
+    return (["tensorrt"] if device == "tensorrt" else []) + cuda + ["cpu"]
+
+
+class _Runner:
+    """The one thread that runs the session.
+
+    The CUDA EP keeps captured CUDA graphs in per-thread state (``PerThreadContext`` in
+    onnxruntime/core/providers/cuda/cuda_execution_provider.h): a graph captured on one thread
+    is not replayed from another, which captures again on its first run. So every run of a
+    session, the construction-time warm-up included, happens on this thread, whichever thread
+    calls ``step`` (the node constructs on its main thread and steps on a worker).
+    """
+
+    def __init__(self) -> None:
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="rvm-ort")
+
+    def __call__(self, fn: Any, *args: Any) -> Any:
+        return self._pool.submit(fn, *args).result()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
 
 
 class _Stream:
@@ -132,8 +228,6 @@ class _Stream:
             ort.OrtValue.ortvalue_from_shape_and_type(meta.state_shape, np.float32, dev, dev_id)
             for _ in range(2)
         ]
-        for s in self.states:
-            s.update_inplace(rt._zero_state)
         self.bindings = []
         self.run_options = []
         for parity in (0, 1):
@@ -145,9 +239,8 @@ class _Stream:
             self.bindings.append(b)
             ro = ort.RunOptions()
             if rt.cuda_graph:
-                # One captured graph per (stream, parity): ids are never reused, since a graph
-                # replays the buffer addresses it was captured with.
-                ro.add_run_config_entry("gpu_graph_id", str(2 * index + parity))
+                # One captured graph per (stream, parity).
+                ro.add_run_config_entry("gpu_graph_id", str(graph_id(index, parity)))
             self.run_options.append(ro)
         self.parity = 0
         self.frames = 0
@@ -173,14 +266,18 @@ class RVMRuntime:
     """An ONNX Runtime session of an exported RVM step with one recurrent state per stream.
 
     ``device``: "cpu"; "cuda" (CUDA EP, CUDA graphs unless ``cuda_graph=False``); "tensorrt"
-    (TensorRT EP, fp16 kernels allowed unless ``trt_fp16=False``, engines cached in
-    ``trt_cache_dir``; CUDA EP for anything TensorRT does not take); "auto" = cuda if it can
-    be created, else cpu. A GPU device that cannot be created (no GPU, CUDA libraries missing)
-    logs one warning and falls back to the CPU. ``spin=True`` lets ORT's idle threads
-    busy-wait (slightly faster on a dedicated machine; starves other threads on a small one).
-    Calls are serialised by a lock (one session, fixed buffers). The first frame of a stream
-    (after creation or ``reset``) is stepped ``1 + warmup`` times: the warm start of
-    ``RVMConfig.warmup_steps``; None = the model file's ``rvm.warmup_steps``.
+    (TensorRT EP, engines cached in ``trt_cache_dir``, default :func:`default_trt_cache_dir`;
+    fp16 kernels only for fp16 exports unless ``trt_fp16`` says otherwise; CUDA EP for
+    anything TensorRT does not take); "auto" = cuda if it works, else cpu. The setups of
+    :func:`fallback_chain` are tried in order with ONNX Runtime's own fallback disabled, each
+    including its first run of every stream in ``streams`` (cuDNN loading, CUDA-graph capture);
+    the first that works is used and, if it is not the first, one line logs why (``attempts``
+    keeps every reason). ``tf32=False`` turns off TF32 matmuls in the CUDA EP (on by default
+    there; off for parity checks at 1e-4). ``spin=True`` lets ORT's idle threads busy-wait
+    (slightly faster on a dedicated machine; starves other threads on a small one). Calls are
+    serialised by a lock (one session, fixed buffers) and run on one runtime-owned thread. The
+    first frame of a stream (after creation or ``reset``) is stepped ``1 + warmup`` times: the
+    warm start of ``RVMConfig.warmup_steps``; None = the model file's ``rvm.warmup_steps``.
     """
 
     def __init__(
@@ -190,93 +287,146 @@ class RVMRuntime:
         trt_cache_dir: str | os.PathLike | None = None,
         threads: int | None = None,
         cuda_graph: bool = True,
-        trt_fp16: bool = True,
+        trt_fp16: bool | None = None,
         device_id: int = 0,
         spin: bool = False,
         warmup: int | None = None,
+        tf32: bool = True,
+        streams: tuple[str, ...] | list[str] = ("default",),
     ) -> None:
-        if device not in DEVICES:
-            raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
+        chain = fallback_chain(device, cuda_graph)
         if warmup is not None and (not isinstance(warmup, int) or warmup < 0):
             raise ValueError(f"warmup must be an integer >= 0, got {warmup!r}")
+        for name in streams:
+            _check_stream_name(name)
         self.model_path = Path(model_path)
         if not self.model_path.is_file():
             raise FileNotFoundError(f"model not found: {self.model_path}")
+        self.device_id = device_id
+        self._options = dict(
+            trt_cache_dir=Path(trt_cache_dir) if trt_cache_dir else default_trt_cache_dir(),
+            trt_fp16=trt_fp16,
+            tf32=tf32,
+            threads=threads,
+            spin=spin,
+        )
+        self._warmup_arg = warmup
+        self._lock = threading.Lock()
+        self._runner = _Runner()
+        self.attempts: list[Attempt] = []
+        for setup in chain:
+            if setup == "cpu":  # the last resort: its errors (a broken model file) propagate
+                self._open(setup, streams)
+                self.attempts.append(Attempt(setup, None))
+                break
+            reason = next((r for r in map(provider_library_error, _SETUPS[setup][2]) if r), None)
+            if reason is None:
+                try:
+                    self._open(setup, streams)
+                except Exception as exc:  # ORT raises several types; the first line says why
+                    reason = _first_line(exc)
+            self.attempts.append(Attempt(setup, reason))
+            if reason is None:
+                break
+        self._log_fallback(device)
+
+    # -- session -------------------------------------------------------------------------------
+    def _session_options(self) -> ort.SessionOptions:
         so = ort.SessionOptions()
         # ORT_ENABLE_ALL (the default, stated for clarity): constant folding, LayerNorm/Gelu/
         # MatMul+Add fusions; the saved graph stays portable and is optimised at load time.
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.log_severity_level = 3  # ORT's own warnings (e.g. unused initializers) are noise here
+        threads = self._options["threads"]
         if threads:
             so.intra_op_num_threads = threads
             so.inter_op_num_threads = 1
-        if not spin:
+        if not self._options["spin"]:
             # Idle ORT threads otherwise busy-wait between runs and starve the node's executor,
             # tracker and decoder threads on small machines (measured: 44 -> 26 ms per step
             # with a tracker running beside it on 2 cores).
             so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.device_id = device_id
-        self.session, self.device = self._create_session(
-            so, device, trt_cache_dir, cuda_graph, trt_fp16
+        return so
+
+    def _providers(self, setup: str) -> list[Any]:
+        """The provider list of one setup of :func:`fallback_chain`."""
+        cuda_opts = {
+            "device_id": str(self.device_id),
+            # TF32 is the CUDA EP's default (use_tf32=1): ~1e-3 relative error in fp32 matmuls.
+            "use_tf32": "1" if self._options["tf32"] else "0",
+        }
+        if setup == "cpu":
+            return ["CPUExecutionProvider"]
+        if setup == "cuda+graphs":
+            return [
+                ("CUDAExecutionProvider", {**cuda_opts, "enable_cuda_graph": "1"}),
+                "CPUExecutionProvider",
+            ]
+        if setup == "cuda":
+            return [("CUDAExecutionProvider", cuda_opts), "CPUExecutionProvider"]
+        fp16 = self._options["trt_fp16"]
+        if fp16 is None:  # TensorRT's own default is fp16 kernels on: wrong for fp32 exports
+            fp16 = read_metadata(self.model_path).compute_dtype == "float16"
+        cache = self._options["trt_cache_dir"]
+        os.makedirs(cache, exist_ok=True)
+        trt_opts = {
+            "device_id": str(self.device_id),
+            "trt_fp16_enable": "True" if fp16 else "False",
+            # Engines take minutes to build for big models; cached per model and GPU by ORT.
+            "trt_engine_cache_enable": "True",
+            "trt_engine_cache_path": str(cache),
+            "trt_timing_cache_enable": "True",
+            "trt_timing_cache_path": str(cache),
+        }
+        return [
+            ("TensorrtExecutionProvider", trt_opts),
+            ("CUDAExecutionProvider", cuda_opts),
+            "CPUExecutionProvider",
+        ]
+
+    def _open(self, setup: str, streams: tuple[str, ...] | list[str]) -> None:
+        """Create the session of ``setup`` and run every (stream, parity) once; raises if not."""
+        # enable_fallback=0: ORT's constructor would otherwise catch an EP error itself, print a
+        # banner and rebuild on its own fallback providers, so a CUDA-graph refusal would land
+        # on the CPU (or on CUDA without our options) with the reason lost (onnxruntime 1.31
+        # onnxruntime_inference_collection.py, InferenceSession.__init__).
+        session = ort.InferenceSession(
+            str(self.model_path),
+            self._session_options(),
+            providers=self._providers(setup),
+            enable_fallback=0,
         )
-        self.cuda_graph = cuda_graph and self.device == "cuda"
+        want = _SETUPS[setup][1]
+        if session.get_providers()[0] != want:
+            raise RuntimeError(f"ONNX Runtime gave {session.get_providers()} instead of {want}")
+        self.session = session
+        self.device = "cuda" if setup.startswith("cuda") else setup
+        self.cuda_graph = setup == "cuda+graphs"
         self.ort_device = "cpu" if self.device == "cpu" else "cuda"
-        self.metadata = ModelMetadata.from_props(self.session.get_modelmeta().custom_metadata_map)
-        self.warmup = self.metadata.warmup_steps if warmup is None else warmup
+        self.metadata = ModelMetadata.from_props(session.get_modelmeta().custom_metadata_map)
+        self.warmup = self.metadata.warmup_steps if self._warmup_arg is None else self._warmup_arg
         self._zero_state = np.zeros(self.metadata.state_shape, np.float32)
         self._image_shape = (*self.metadata.input_size, 3)
         self._streams: dict[str, _Stream] = {}
         self._next_index = 0
-        self._lock = threading.Lock()
+        for name in streams:
+            self._get_stream(name)
 
-    # -- session -------------------------------------------------------------------------------
-    def _create_session(
-        self,
-        so: ort.SessionOptions,
-        device: str,
-        trt_cache_dir: str | os.PathLike | None,
-        cuda_graph: bool,
-        trt_fp16: bool,
-    ) -> tuple[ort.InferenceSession, str]:
-        cpu = ["CPUExecutionProvider"]
-        if device == "cpu":
-            return ort.InferenceSession(str(self.model_path), so, providers=cpu), "cpu"
-        cuda_opts = {"device_id": str(self.device_id)}
-        if device in ("cuda", "auto"):
-            if cuda_graph:
-                cuda_opts["enable_cuda_graph"] = "1"
-            providers: list[Any] = [("CUDAExecutionProvider", cuda_opts), *cpu]
-            want, libs = "CUDAExecutionProvider", ("cuda",)
-        else:
-            trt_opts = {
-                "device_id": str(self.device_id),
-                "trt_fp16_enable": str(trt_fp16),  # lets TensorRT pick fp16 kernels
-                "trt_engine_cache_enable": "True" if trt_cache_dir else "False",
-            }
-            if trt_cache_dir:
-                os.makedirs(trt_cache_dir, exist_ok=True)
-                trt_opts["trt_engine_cache_path"] = str(trt_cache_dir)
-                trt_opts["trt_timing_cache_enable"] = "True"
-                trt_opts["trt_timing_cache_path"] = str(trt_cache_dir)
-            providers = [
-                ("TensorrtExecutionProvider", trt_opts),
-                ("CUDAExecutionProvider", cuda_opts),
-            ]
-            providers += cpu
-            want, libs = "TensorrtExecutionProvider", ("cuda", "tensorrt")
-        reason = next((r for r in map(_provider_library_error, libs) if r), None)
-        if reason is None:
-            try:
-                sess = ort.InferenceSession(str(self.model_path), so, providers=providers)
-            except Exception as exc:  # e.g. no CUDA device: ORT raises a long RuntimeError
-                reason = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
-            else:
-                if sess.get_providers()[0] == want:
-                    return sess, "tensorrt" if want.startswith("Tensorrt") else "cuda"
-                reason = f"ONNX Runtime gave {sess.get_providers()} instead of {want}"
+    def _log_fallback(self, device: str) -> None:
+        failed = [a for a in self.attempts if a.reason is not None]
+        if not failed:
+            return
+        used = _SETUPS[self.attempts[-1].setup][0]
+        what = device if self.device == "cpu" else _SETUPS[failed[0].setup][0]
+        reasons = list(dict.fromkeys(a.reason for a in failed))  # e.g. one missing library
+        if len(reasons) > 1:
+            reasons = [f"{_SETUPS[a.setup][0]}: {a.reason}" for a in failed]
         level = logging.INFO if device == "auto" else logging.WARNING
-        log.log(level, "rvm runtime: %s unavailable (%s); using the CPU", device, reason)
-        return ort.InferenceSession(str(self.model_path), so, providers=cpu), "cpu"
+        log.log(level, "rvm runtime: %s unavailable (%s); using %s", what, "; ".join(reasons), used)
+
+    def close(self) -> None:
+        """Stop the runtime's run thread (the session is freed with the object)."""
+        self._runner.close()
 
     # -- streams -------------------------------------------------------------------------------
     @property
@@ -291,13 +441,27 @@ class RVMRuntime:
         return StreamHandle(self, name)
 
     def _get_stream(self, name: str) -> _Stream:
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"stream name must be a non-empty string, got {name!r}")
+        _check_stream_name(name)
         s = self._streams.get(name)
         if s is None:
-            s = self._streams[name] = _Stream(self, name, self._next_index)
+            s = _Stream(self, name, self._next_index)
+            self._runner(self._first_runs, s)
+            self._streams[name] = s
             self._next_index += 1
         return s
+
+    def _first_runs(self, s: _Stream) -> None:
+        """Run both bindings of a new stream once on a zero frame, then zero its states.
+
+        The first run of a binding is where ORT loads cuDNN lazily and captures its CUDA graph;
+        failing here (inside the fallback at construction) beats failing on every frame later.
+        """
+        s.image.update_inplace(np.zeros((1, *self._image_shape), np.uint8))
+        for parity in (0, 1):
+            s.states[parity].update_inplace(self._zero_state)
+            self.session.run_with_iobinding(s.bindings[parity], s.run_options[parity])
+        for state in s.states:
+            state.update_inplace(self._zero_state)
 
     def _check_image(self, image: Any) -> np.ndarray:
         if not isinstance(image, np.ndarray):
@@ -319,15 +483,18 @@ class RVMRuntime:
         with self._lock:
             s = self._get_stream(stream)
             s.image.update_inplace(frame)  # copy into the bound (device) buffer
-            for _ in range(1 + (self.warmup if s.frames == 0 else 0)):
-                p = s.parity
-                self.session.run_with_iobinding(s.bindings[p], s.run_options[p])
-                s.parity = 1 - p
+            self._runner(self._run, s, 1 + (self.warmup if s.frames == 0 else 0))
             s.frames += 1
             out = s.features.numpy()[0]
             # On the CPU, numpy() is a view of the bound buffer that the next step overwrites;
             # from a GPU it is already a fresh host copy.
             return out.copy() if self.ort_device == "cpu" else out
+
+    def _run(self, s: _Stream, times: int) -> None:
+        for _ in range(times):
+            p = s.parity
+            self.session.run_with_iobinding(s.bindings[p], s.run_options[p])
+            s.parity = 1 - p
 
     def reset(self, stream: str | None = None) -> None:
         """Zero the state of ``stream`` (all streams if None), in place: no graph recapture."""

@@ -144,7 +144,7 @@ def test_graph_io_opset_and_metadata(model, tmp_path: Path) -> None:
     opsets = {o.domain: o.version for o in proto.opset_import}
     assert opsets.get("", opsets.get("ai.onnx")) <= 22
     ops = {(n.domain or "ai.onnx", n.op_type) for n in proto.graph.node}
-    assert ("ai.onnx", "Attention") not in ops  # opset-23 Attention breaks CUDA graphs
+    assert ("ai.onnx", "Attention") not in ops  # opset <= 22: no opset-23 Attention op
     assert ("ai.onnx", "Gelu") in ops and ("ai.onnx", "Tanh") not in ops  # one fused GELU op
 
     def io(values) -> dict:
@@ -169,6 +169,19 @@ def test_graph_io_opset_and_metadata(model, tmp_path: Path) -> None:
     assert meta.feature_dim == 32 and meta.features_dtype == "float32"
     assert meta.state_shape == (1, 65, 32)
     assert meta.config == json.loads(model.config.to_json())
+
+
+@pytest.mark.parametrize(
+    ("camera", "fp16"), [((48, 80), False), ((64, 64), False), ((48, 80), True)]
+)
+def test_image_feeds_a_cast_first(model, tmp_path: Path, camera: tuple, fp16: bool) -> None:
+    # TensorRT takes a uint8 network input only when it feeds a Cast directly.
+    path = export_onnx(model, tmp_path / "m.onnx", camera, model_size=(64, 64), fp16=fp16).path
+    graph = onnx.load(str(path)).graph
+    consumers = [n for n in graph.node if "image" in n.input]
+    assert [n.op_type for n in consumers] == ["Cast"]
+    to = next(a.i for a in consumers[0].attribute if a.name == "to")
+    assert to == onnx.TensorProto.FLOAT
 
 
 def test_model_id_tracks_weights(model) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +14,10 @@ from rvm_core import CheckpointError, RVMConfig, build_model, load_model, save_m
 from rvm_core.checkpoint import count_parameters, model_to_official, official_key
 from rvm_core.config import CONFIGS
 from rvm_core.model import RVM, patchify, reconstruction_loss, sample_mask, unpatchify
+from rvm_core.model.decoder import visible_indices
 
-SHAPES_FILE = Path(__file__).parents[2] / "shared/reference/official_rvm_s_param_shapes.txt"
+# The released RVM-S key list (names and shapes only, read off the published checkpoint).
+SHAPES_FILE = Path(__file__).parent / "data/official_rvm_s_param_shapes.txt"
 TINY = RVMConfig(
     name="t",
     patch_size=8,
@@ -190,6 +193,31 @@ def test_reconstruct_rejects_uneven_masks(model):
     mask[0, 1, (~mask[0, 1]).nonzero()[0]] = True  # hide one more patch in the second frame
     with pytest.raises(ValueError, match="same number of visible"):
         model.reconstruct(torch.rand(1, 2, 3, 32, 48), torch.rand(1, 2, 3, 32, 48), None, mask)
+
+
+def test_reconstruct_with_visible_indices_traces_as_one_graph(model):
+    # The training path passes the visible indices computed where the mask was sampled, so the
+    # decoder path reads nothing back to the host: one graph, no breaks (a device sync on CUDA
+    # and a graph cut on XLA otherwise).
+    mask = sample_mask(1, 2, 24, 0.9, generator=torch.Generator().manual_seed(3))
+    visible = visible_indices(mask)
+    source, target = torch.rand(1, 2, 3, 32, 48), torch.rand(1, 2, 3, 32, 48)
+    deltas = torch.tensor([[4, 9]])
+    with torch.no_grad():
+        eager = model.reconstruct(source, target, deltas, mask)
+        # Passing them gives exactly what deriving them from the mask gives.
+        assert torch.equal(model.reconstruct(source, target, deltas, mask, visible), eager)
+        torch._dynamo.reset()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # dynamo on the lru_cache'd posenc
+            traced = torch.compile(model.reconstruct, fullgraph=True, backend="eager")
+            out = traced(source, target, deltas, mask, visible)
+            torch.testing.assert_close(out, eager, rtol=1e-5, atol=1e-6)
+            with pytest.raises(torch._dynamo.exc.TorchDynamoException):  # it reads the host
+                torch.compile(model.reconstruct, fullgraph=True, backend="eager")(
+                    source, target, deltas, mask
+                )
+        torch._dynamo.reset()
 
 
 def test_positional_encoding_is_resized_for_other_grids(model):

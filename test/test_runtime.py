@@ -6,9 +6,11 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 import torch
 
@@ -17,7 +19,7 @@ from rvm_core.cli import main
 from rvm_core.export import export_onnx
 from rvm_core.preprocess import to_model_input
 from rvm_core.readout.features import ModelFeatures
-from rvm_ros.runtime import RVMRuntime
+from rvm_ros.runtime import RVMRuntime, fallback_chain, graph_id
 
 SMALL = dict(
     patch_size=8,
@@ -128,7 +130,7 @@ def test_two_streams_do_not_mix(onnx_path: Path) -> None:
     for i in range(5):
         np.testing.assert_array_equal(shared.step(a[i], "cam_a"), ref_a[i])
         np.testing.assert_array_equal(cam_b.step(b[i]), ref_b[i])
-    assert shared.streams == ["cam_b", "cam_a"]
+    assert shared.streams == ["default", "cam_b", "cam_a"]  # "default" made at construction
     # Resetting one stream leaves the other alone.
     shared.reset("cam_a")
     np.testing.assert_array_equal(shared.step(a[0], "cam_a"), ref_a[0])
@@ -169,20 +171,117 @@ def test_fp16_features_dtype(model, tmp_path: Path) -> None:
     assert np.abs(got[1].astype(np.float32) - ref[1]).max() <= 2e-3
 
 
-@pytest.mark.parametrize("device", ["cuda", "tensorrt"])
-def test_gpu_unavailable_falls_back_with_one_line(
+@pytest.mark.parametrize("device", ["cuda", "tensorrt", "auto"])
+def test_gpu_unavailable_falls_back_through_the_chain_with_one_line(
     onnx_path: Path, device: str, caplog, capfd
 ) -> None:
     with caplog.at_level(logging.INFO, logger="rvm_ros.runtime"):
         rt = RVMRuntime(onnx_path, device=device)
     if rt.device != "cpu":
         pytest.skip(f"{device} is available here")
+    # Every setup of the chain was tried in order, each GPU one with its reason.
+    assert [a.setup for a in rt.attempts] == fallback_chain(device)
+    assert all(a.reason for a in rt.attempts[:-1]) and rt.attempts[-1].reason is None
+    # ORT's own constructor fallback (banner on stdout, rebuild on its providers) is off.
+    assert rt.session._enable_fallback is False
     records = [r for r in caplog.records if r.name == "rvm_ros.runtime"]
-    assert len(records) == 1 and records[0].levelno == logging.WARNING
+    assert len(records) == 1
+    assert records[0].levelno == (logging.INFO if device == "auto" else logging.WARNING)
     msg = records[0].getMessage()
     assert "\n" not in msg and f"{device} unavailable" in msg and "using the CPU" in msg
-    assert "Traceback" not in capfd.readouterr().err
+    assert rt.attempts[0].reason in msg  # the real reason, once
+    out = capfd.readouterr()
+    assert "Traceback" not in out.err and "EP Error" not in out.out
     assert rt.step(_frames(1, seed=0)[0]).shape == (32, 8, 8)
+
+
+def test_fallback_chain_order() -> None:
+    assert fallback_chain("cpu") == ["cpu"]
+    assert fallback_chain("cuda") == ["cuda+graphs", "cuda", "cpu"]
+    assert fallback_chain("auto") == ["cuda+graphs", "cuda", "cpu"]
+    assert fallback_chain("cuda", cuda_graph=False) == ["cuda", "cpu"]
+    assert fallback_chain("tensorrt") == ["tensorrt", "cuda+graphs", "cuda", "cpu"]
+    with pytest.raises(ValueError, match="device"):
+        fallback_chain("tpu")
+
+
+class _RecordingSession(ort.InferenceSession):
+    """The real ORT session; records which binding ran on which thread."""
+
+    runs: list[tuple[int, int]] = []
+
+    def run_with_iobinding(self, iobinding, run_options=None) -> None:  # noqa: ANN001
+        type(self).runs.append((id(iobinding), threading.get_ident()))
+        return super().run_with_iobinding(iobinding, run_options)
+
+
+def test_construction_runs_every_stream_and_parity_once_then_zeros(
+    onnx_path: Path, model, monkeypatch
+) -> None:
+    monkeypatch.setattr(_RecordingSession, "runs", [])
+    monkeypatch.setattr(ort, "InferenceSession", _RecordingSession)
+    rt = RVMRuntime(onnx_path, device="cpu", threads=1, streams=("a", "b"))
+    bindings = [id(b) for name in ("a", "b") for b in rt._streams[name].bindings]
+    assert [run[0] for run in _RecordingSession.runs] == bindings  # each (stream, parity) once
+    for name in ("a", "b"):
+        s = rt._streams[name]
+        assert s.parity == 0 and s.frames == 0
+        assert all(not st.numpy().any() for st in s.states)  # the first runs left no state
+        assert s.features.numpy().any()  # ... but did run
+    # So the streams start exactly like a fresh PyTorch stream.
+    frames = _frames(2, seed=5)
+    ref = _torch_features(model, frames)
+    for name in ("a", "b"):
+        for r, f in zip(ref, frames):
+            assert np.abs(rt.step(f, name) - r).max() <= TOL
+    # A stream created later gets its first runs when it is created, before its first frame.
+    rt.stream("c")
+    assert [run[0] for run in _RecordingSession.runs[-2:]] == [
+        id(b) for b in rt._streams["c"].bindings
+    ]
+
+
+def test_all_runs_happen_on_one_runtime_thread(onnx_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(_RecordingSession, "runs", [])
+    monkeypatch.setattr(ort, "InferenceSession", _RecordingSession)
+    rt = RVMRuntime(onnx_path, device="cpu", threads=1)
+    frames = _frames(2, seed=6)
+    callers = [threading.get_ident()]
+    worker = threading.Thread(
+        target=lambda: callers.append(threading.get_ident()) or rt.step(frames[0])
+    )
+    worker.start()
+    worker.join()
+    rt.step(frames[1])
+    threads = {thread for _, thread in _RecordingSession.runs}
+    assert len(_RecordingSession.runs) == 2 + 1 + rt.warmup + 1
+    assert len(threads) == 1 and not threads & set(callers)  # not the caller's threads
+    rt.close()
+
+
+def test_graph_ids_start_at_one_and_never_repeat() -> None:
+    ids = [graph_id(i, p) for i in range(4) for p in (0, 1)]
+    assert ids == list(range(1, 9))  # 0 is ORT's default graph, -1 "do not capture"
+
+
+def test_provider_options(onnx_path: Path, model, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    rt = RVMRuntime(onnx_path, device="cpu", threads=1, tf32=False)
+    cuda = dict(rt._providers("cuda+graphs")[0][1])
+    assert cuda["enable_cuda_graph"] == "1" and cuda["use_tf32"] == "0"
+    assert "enable_cuda_graph" not in rt._providers("cuda")[0][1]
+    trt = dict(rt._providers("tensorrt")[0][1])
+    assert trt["trt_fp16_enable"] == "False"  # an fp32 export gets no fp16 kernels
+    assert trt["trt_engine_cache_enable"] == "True"
+    assert trt["trt_engine_cache_path"] == str(tmp_path / "xdg" / "rvm" / "tensorrt")
+    assert RVMRuntime(onnx_path, device="cpu")._providers("cuda")[0][1]["use_tf32"] == "1"
+    f16 = export_onnx(model, tmp_path / "f16.onnx", CAMERA, (64, 64), fp16=True).path
+    rt16 = RVMRuntime(f16, device="cpu", threads=1, trt_cache_dir=tmp_path / "engines")
+    trt16 = dict(rt16._providers("tensorrt")[0][1])
+    assert trt16["trt_fp16_enable"] == "True"
+    assert trt16["trt_engine_cache_path"] == str(tmp_path / "engines")
+    forced = RVMRuntime(f16, device="cpu", threads=1, trt_fp16=False)
+    assert dict(forced._providers("tensorrt")[0][1])["trt_fp16_enable"] == "False"
 
 
 def test_bad_device_and_missing_file(onnx_path: Path, tmp_path: Path) -> None:

@@ -25,8 +25,17 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from rvm_core.checkpoint import build_model, load_model
+from rvm_core.cli import main
 from rvm_core.train.config import TrainConfig, load_config
-from rvm_core.train.distributed import DistEnv, exit_process, grad_sync, teardown, wrap_model
+from rvm_core.train.distributed import (
+    DistEnv,
+    exit_process,
+    grad_sync,
+    prepare_model,
+    teardown,
+    transformer_blocks,
+    wrap_model,
+)
 from rvm_core.train.loop import forward_loss, sample_masks, train
 from rvm_core.train.optim import lr_at
 from rvm_core.train.report import read_metrics
@@ -378,6 +387,74 @@ def test_torchrun_two_ranks_fsdp_end_to_end(tmp_path: Path, data_dirs) -> None:
     assert len(losses) == 3 and np.all(np.isfinite(losses))
     model = load_model(tmp_path / "runs/dist/model.safetensors")  # gathered to full tensors
     assert model.config.width == SMALL_MODEL["width"]
+
+
+def test_cache_only_builds_the_cache_as_its_own_step(tmp_path: Path, data_dirs, capsys) -> None:
+    videos, _ = data_dirs
+    cache = tmp_path / "cache"
+    path = write_config(tmp_path, (videos, cache))
+    assert main(["pretrain", "--config", str(path), "--cache-only"]) == 0
+    out = capsys.readouterr().out
+    assert f"cache {cache}:" in out and "1 skipped" in out  # the corrupt file
+    assert len(list(cache.glob("*.npy"))) == len(list(videos.glob("*.npy"))) + REAL_CLIP.is_file()
+    assert not (tmp_path / "runs").exists()  # no run was started
+    (tmp_path / "other").mkdir()
+    no_cache = write_config(tmp_path / "other", (videos, cache), data={"cache_dir": None})
+    assert main(["pretrain", "--config", str(no_cache), "--cache-only"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "needs data.cache_dir" in err and "\n" not in err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["pretrain", "--config", str(path), f"data.paths=[{empty}]", "--cache-only"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "no videos found" in err and "\n" not in err
+
+
+def _compiled(module: torch.nn.Module) -> bool:
+    return getattr(module, "_compiled_call_impl", None) is not None
+
+
+@pytest.mark.parametrize("strategy", ["none", "ddp", "fsdp"])
+def test_compile_comes_after_wrapping(tmp_path: Path, strategy: str) -> None:
+    """DDP is compiled as a whole (so dynamo sees its gradient buckets), FSDP2 per block; both
+    after wrapping. Nothing is run: only where the compiled call sits is checked."""
+    env = DistEnv(0, 1, 0, torch.device("cpu"), None if strategy == "none" else "gloo")
+    if strategy != "none":
+        dist.init_process_group(
+            "gloo", init_method=f"file://{tmp_path / 'init'}", rank=0, world_size=1
+        )
+    try:
+        model = prepare_model(_small_model(), env, strategy, torch.bfloat16, compile=True)
+        if strategy == "none":
+            assert _compiled(model)
+        elif strategy == "ddp":
+            assert isinstance(model, torch.nn.parallel.DistributedDataParallel)
+            assert _compiled(model) and not _compiled(model.module)
+        else:
+            from torch.distributed.fsdp import FSDPModule
+
+            blocks = transformer_blocks(model)
+            assert all(isinstance(b, FSDPModule) and _compiled(b) for b in blocks)
+            assert not _compiled(model)
+            # bf16 precision: bf16 all-gathered parameters, fp32 gradient reduction.
+            for m in (model, *blocks):
+                policy = m._get_fsdp_state()._mp_policy
+                assert policy.param_dtype == torch.bfloat16
+                assert policy.reduce_dtype == torch.float32
+        uncompiled = prepare_model(_small_model(), env, strategy, None, compile=False)
+        assert not any(_compiled(m) for m in uncompiled.modules())
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def test_compile_is_refused_on_xla(tmp_path: Path, data_dirs) -> None:
+    xla = DistEnv(0, 1, 0, torch.device("xla"))
+    with pytest.raises(ValueError, match="not supported on XLA"):
+        prepare_model(_small_model(), xla, "none", torch.bfloat16, compile=True)
+    path = write_config(tmp_path, data_dirs, run={"device": "xla", "compile": True})
+    with pytest.raises(ValueError, match="not supported on XLA"):
+        load_config(path)
 
 
 # -- benchmark and XLA ------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from .blocks import CrossAttentionTransformer
-from .vit import sincos_table
+from .vit import cached_constant, sincos_table
 
 
 def sample_mask(
@@ -62,6 +62,7 @@ class Decoder(nn.Module):
         self.mask_token = nn.Parameter(torch.zeros(1, width))
         self.transformer = CrossAttentionTransformer(width, layers, heads, mlp)
         self.detokenizer = nn.Linear(width, patch_size * patch_size * 3)
+        self._posenc: dict[tuple, torch.Tensor] = {}
 
     def forward(
         self,
@@ -83,7 +84,12 @@ class Decoder(nn.Module):
         cls, vis = emb[:, :, :1], emb[:, :, 1:]
         tokens = self.mask_token.to(vis.dtype).expand(b, tt, n, width).clone()
         tokens.scatter_(2, visible.unsqueeze(-1).expand(-1, -1, -1, width), vis)
-        posenc = torch.from_numpy(sincos_table(n, width).astype("float32")).to(tokens.device)
+        posenc = cached_constant(
+            self._posenc,
+            (n, str(tokens.device)),
+            lambda: sincos_table(n, width).astype("float32"),
+            tokens.device,
+        )
         tokens = tokens + posenc.to(tokens.dtype)
         if deltas is not None:
             gap = self.delta_embedder(delta_one_hot(deltas, self.num_deltas).to(tokens.dtype))

@@ -110,10 +110,17 @@ class RVM(nn.Module):
         target: torch.Tensor,
         deltas: torch.Tensor | None,
         mask: torch.Tensor,
+        visible: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Reconstruct masked targets: source [B,Ts,3,H,W], target [B,Tt,3,H,W] in [0,1],
         deltas [B,Tt] int (target index - first source index) or None, mask [B,Tt,N] bool
-        (True = hidden) -> raw decoder output [B,Tt,3,H,W]."""
+        (True = hidden), visible [B,Tt,K] = ``visible_indices(mask)`` -> raw decoder output
+        [B,Tt,3,H,W].
+
+        Pass ``visible`` computed where the mask is sampled (on the host): deriving it here
+        reads the mask's visible count back from the device, a sync on CUDA and a graph cut on
+        XLA and under ``torch.compile``.
+        """
         if self.decoder is None:
             raise ValueError("this checkpoint has no decoder (encoder and core only)")
         b, tt, _, h, w = target.shape
@@ -121,7 +128,8 @@ class RVM(nn.Module):
         grid = (h // p, w // p)
         features = self.encode_video(source)  # [B,Ts,1+N,D]
 
-        visible = visible_indices(mask)  # [B,Tt,K]
+        if visible is None:
+            visible = visible_indices(mask)  # [B,Tt,K]
         tokens = self.tokenizer(target.flatten(0, 1))  # [B*Tt,N,D]
         idx = visible.flatten(0, 1).unsqueeze(-1).expand(-1, -1, tokens.shape[-1])
         kept = torch.gather(tokens, 1, idx)
@@ -137,9 +145,10 @@ class RVM(nn.Module):
         target: torch.Tensor,
         deltas: torch.Tensor | None,
         mask: torch.Tensor,
+        visible: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Same as :meth:`reconstruct` (the training forward, so DDP/FSDP wrappers see it)."""
-        return self.reconstruct(source, target, deltas, mask)
+        return self.reconstruct(source, target, deltas, mask, visible)
 
 
 def unpatchify(patches: torch.Tensor, grid: tuple[int, int], p: int) -> torch.Tensor:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import numpy as np
 import torch
@@ -57,6 +58,22 @@ def patch_posenc(base: tuple[int, int], grid: tuple[int, int], dim: int) -> np.n
     return table.reshape(h * w, dim).astype(np.float32)
 
 
+def cached_constant(
+    cache: dict[tuple, torch.Tensor], key: tuple, make: Any, device: torch.device
+) -> torch.Tensor:
+    """``make()`` (a numpy array) as a tensor on ``device``, built once per ``key``.
+
+    Copying the table from host memory on every call would be a blocking copy per step on a
+    GPU and cannot be captured in a CUDA graph. Built outside inference mode, so a model first
+    run under ``torch.inference_mode`` can still train.
+    """
+    table = cache.get(key)
+    if table is None:
+        with torch.inference_mode(False):
+            table = cache[key] = torch.from_numpy(np.ascontiguousarray(make())).to(device)
+    return table
+
+
 class PatchEmbedding(nn.Module):
     """Non-overlapping p x p patches -> tokens: [B,3,H,W] -> [B,h*w,D] (row-major)."""
 
@@ -82,11 +99,16 @@ class Tokenizer(nn.Module):
             self.patch_embedding = ConvPatchEmbedding(dim)
         self.posenc_grid = tuple(posenc_grid)
         self.dim = dim
+        self._posenc: dict[tuple, torch.Tensor] = {}
 
     def posenc(self, grid: tuple[int, int], device: torch.device) -> torch.Tensor:
         """Positional encoding [1, h*w, D] for a token grid (a constant; not a parameter)."""
-        table = patch_posenc(self.posenc_grid, tuple(grid), self.dim)
-        return torch.from_numpy(table).to(device).unsqueeze(0)
+        return cached_constant(
+            self._posenc,
+            (tuple(grid), str(device)),
+            lambda: patch_posenc(self.posenc_grid, tuple(grid), self.dim)[None],
+            device,
+        )
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         p = self.patch_embedding.patch_size

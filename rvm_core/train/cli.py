@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .config import TrainConfig
 
 
 def pretrain_args(p: argparse.ArgumentParser) -> None:
@@ -15,6 +19,12 @@ def pretrain_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--resume", action="store_true", help="continue from the run's latest checkpoint (if any)"
     )
+    p.add_argument(
+        "--cache-only",
+        action="store_true",
+        help="only decode data.paths into data.cache_dir, then exit (once per host, before "
+        "a multi-rank run)",
+    )
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
@@ -23,6 +33,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides)
     _setup_logging()
+    if args.cache_only:
+        return _build_cache(cfg)
     if resolve_device(cfg.run.device) == "xla":
         import torch_xla
 
@@ -41,6 +53,29 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         from .distributed import exit_process
 
         exit_process(0)  # the run is saved; interpreter shutdown could abort (see there)
+    return 0
+
+
+def _build_cache(cfg: TrainConfig) -> int:
+    from ..data.cache import build_cache
+
+    if cfg.data.cache_dir is None:
+        raise ValueError("--cache-only needs data.cache_dir (it is null in this config)")
+    try:
+        index = build_cache(
+            cfg.data.paths,
+            cfg.data.cache_dir,
+            cfg.data.short_side,
+            cfg.data.max_frames_per_video,
+            num_workers=cfg.data.cache_workers,
+        )
+    except RuntimeError as exc:  # no videos, or none decodable: one line, no traceback
+        raise ValueError(str(exc)) from None
+    frames = sum(v.num_frames for v in index.videos)
+    print(
+        f"cache {index.cache_dir}: {len(index.videos)} videos, {frames} frames, "
+        f"{len(index.skipped)} skipped"
+    )
     return 0
 
 

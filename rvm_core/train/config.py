@@ -81,7 +81,13 @@ class RunConfig:
     preview_every: int = 200  # steps between held-out loss + reconstruction PNGs; 0 = off
     preview_samples: int = 4
     progress: bool = True  # tqdm bar on a terminal (plain log lines otherwise)
-    dist_timeout_min: int = 60  # collective timeout (the first cache build runs behind a barrier)
+    dist_timeout_min: int = 60  # collective timeout (NCCL/gloo/XLA)
+    # How long the other ranks wait for a host's first cache build (a gloo wait, not bound by
+    # dist_timeout_min); or build it first with `rvm pretrain --cache-only`.
+    cache_wait_min: int = 1440
+    # Deterministic kernels (torch.use_deterministic_algorithms, cuBLAS workspace, no cuDNN
+    # autotuning): for checking exact resume on a GPU; slower. CPU runs are deterministic.
+    deterministic: bool = False
 
 
 @dataclass
@@ -187,6 +193,8 @@ def validate(cfg: TrainConfig) -> None:
             f"optim.batch_size {cfg.optim.batch_size} is not a multiple of "
             f"optim.batch_per_device {cfg.optim.batch_per_device}"
         )
+    if cfg.run.compile and cfg.run.device == "xla":
+        raise ValueError("run.compile=true is not supported on XLA (XLA compiles each step)")
     if cfg.run.steps < 1 or cfg.run.save_every < 1 or cfg.run.log_every < 1:
         raise ValueError("run.steps, run.save_every and run.log_every must be >= 1")
 

@@ -3,6 +3,12 @@
 Process groups come from the environment ``torchrun`` sets (RANK, WORLD_SIZE, LOCAL_RANK,
 MASTER_ADDR/PORT): NCCL on CUDA, gloo on CPU. On XLA (TPU, or PJRT_DEVICE=CPU to test) the
 ranks are the processes started by ``torch_xla.launch`` and the backend is ``xla``.
+
+Waiting: ``ProcessGroupXla.barrier`` is a no-op, so every wait the code relies on (cache build,
+checkpoint save) goes through :func:`barrier` / :func:`host_wait`, which use
+``xm.rendezvous`` on XLA. The first-run cache build can take longer than the collective timeout,
+so :func:`host_wait` waits on a separate gloo group with its own timeout instead of the NCCL
+default group.
 """
 
 from __future__ import annotations
@@ -12,9 +18,9 @@ import datetime
 import logging
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import torch
 import torch.distributed as dist
@@ -35,6 +41,7 @@ class DistEnv:
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
     backend: str | None = None  # None = no process group
+    wait_group: object | None = None  # gloo group for long host-side waits (see host_wait)
 
     @property
     def is_main(self) -> bool:
@@ -64,8 +71,11 @@ def xla_available() -> bool:
     return True
 
 
-def setup(device: str = "auto", timeout_min: int = 60) -> DistEnv:
-    """Join the process group if launched with several ranks; pick this rank's device."""
+def setup(device: str = "auto", timeout_min: int = 60, wait_min: int = 1440) -> DistEnv:
+    """Join the process group if launched with several ranks; pick this rank's device.
+
+    ``timeout_min`` bounds every collective; ``wait_min`` bounds :func:`host_wait`.
+    """
     kind = resolve_device(device)
     timeout = datetime.timedelta(minutes=timeout_min)
     if kind == "xla":
@@ -95,6 +105,10 @@ def setup(device: str = "auto", timeout_min: int = 60) -> DistEnv:
         if not dist.is_initialized():
             kwargs = {"device_id": dev} if kind == "cuda" else {}
             dist.init_process_group(env.backend, timeout=timeout, **kwargs)
+        # Every rank creates it, in the same order (new_group is collective).
+        env.wait_group = dist.new_group(
+            backend="gloo", timeout=datetime.timedelta(minutes=wait_min)
+        )
     return env
 
 
@@ -131,8 +145,14 @@ def resolve_strategy(strategy: str, model_name: str, env: DistEnv) -> str:
     return strategy
 
 
-def wrap_model(model: RVM, env: DistEnv, strategy: str) -> nn.Module:
-    """Wrap for data parallelism: DDP (all-reduced grads) or FSDP2 (sharded params/optimizer)."""
+def wrap_model(
+    model: RVM, env: DistEnv, strategy: str, dtype: torch.dtype | None = None
+) -> nn.Module:
+    """Wrap for data parallelism: DDP (all-reduced grads) or FSDP2 (sharded params/optimizer).
+
+    With FSDP2 and a bf16 ``dtype`` the all-gathered parameters are bf16 and gradients are
+    reduced in fp32 (``MixedPrecisionPolicy``); the sharded master weights stay fp32.
+    """
     if strategy == "none":
         return model
     if strategy == "ddp":
@@ -143,15 +163,49 @@ def wrap_model(model: RVM, env: DistEnv, strategy: str) -> nn.Module:
         # XLA's DDP recipe: gradient buckets as views avoids an extra copy per step
         return DDP(model, gradient_as_bucket_view=env.is_xla)
     if strategy == "fsdp":
-        from torch.distributed.fsdp import fully_shard
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+        # Without a policy FSDP2 all-gathers fp32 parameters and autocast casts them per op:
+        # twice the all-gather bytes of bf16 and a cast per use.
+        mp = MixedPrecisionPolicy()
+        if dtype is not None:
+            mp = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
         # Shard every transformer block separately so only one block's full weights are
         # materialised at a time, then the root (tokenizer, tokens, GRU gates, heads).
         for block in transformer_blocks(model):
-            fully_shard(block)
-        fully_shard(model)
+            fully_shard(block, mp_policy=mp)
+        fully_shard(model, mp_policy=mp)
         return model
     raise ValueError(f"unknown strategy {strategy!r}")
+
+
+def compile_model(model: nn.Module, env: DistEnv, strategy: str) -> nn.Module:
+    """``torch.compile`` in place, after :func:`wrap_model`; refused on XLA.
+
+    DDP is compiled as a whole so dynamo's DDPOptimizer splits the graph at the gradient
+    buckets and the all-reduce overlaps the backward (compiling the inner module before
+    wrapping hides the buckets from it). FSDP2 is compiled per block, so each block's
+    all-gather and reduce-scatter hooks stay at block boundaries. In place, parameter names
+    (and checkpoints) stay unchanged.
+    """
+    if env.is_xla:
+        # PyTorch/XLA already traces and compiles the lazy graph of every step; dynamo on top
+        # needs the openxla backend and is not part of this training path.
+        raise ValueError("run.compile=true is not supported on XLA (XLA compiles each step)")
+    if strategy == "fsdp":
+        for block in transformer_blocks(model):
+            block.compile()
+    else:
+        model.compile()
+    return model
+
+
+def prepare_model(
+    model: RVM, env: DistEnv, strategy: str, dtype: torch.dtype | None, compile: bool
+) -> nn.Module:
+    """:func:`wrap_model`, then :func:`compile_model` if ``compile``: the order that works."""
+    model = wrap_model(model, env, strategy, dtype)
+    return compile_model(model, env, strategy) if compile else model
 
 
 def transformer_blocks(model: RVM) -> list[nn.Module]:
@@ -185,9 +239,36 @@ def all_reduce_mean(value: torch.Tensor, env: DistEnv) -> torch.Tensor:
     return value / env.world_size
 
 
-def barrier(env: DistEnv) -> None:
-    if env.world_size > 1 and dist.is_initialized():
+def barrier(env: DistEnv, tag: str = "rvm.barrier") -> None:
+    """Wait for every rank: ``xm.rendezvous`` on XLA (its process-group barrier is a no-op)."""
+    if env.world_size <= 1:
+        return
+    if env.is_xla:
+        import torch_xla.core.xla_model as xm
+
+        xm.rendezvous(tag)
+    elif dist.is_initialized():
         dist.barrier()
+
+
+def host_wait(env: DistEnv, tag: str) -> None:
+    """Wait for every rank on work that may outlast the collective timeout (the cache build)."""
+    if env.world_size <= 1:
+        return
+    if env.is_xla or env.wait_group is None:
+        barrier(env, tag)
+    else:
+        dist.barrier(group=env.wait_group)
+
+
+def device_loader(loader: Iterable[Any], env: DistEnv) -> Iterable[Any]:
+    """The loader as the device sees it: ``MpDeviceLoader`` on XLA (host-to-device transfers
+    overlap the step in a background thread), the loader itself elsewhere."""
+    if not env.is_xla:
+        return loader
+    import torch_xla.distributed.parallel_loader as pl
+
+    return pl.MpDeviceLoader(loader, env.device)
 
 
 def mark_step(env: DistEnv) -> None:

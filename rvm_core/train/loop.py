@@ -7,11 +7,13 @@ from compute so the data-wait fraction is known for every step.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -21,7 +23,7 @@ from torch import nn
 from ..checkpoint import build_model, count_parameters, init_from
 from ..config import RVMConfig
 from ..data import ClipSamplingConfig, CropConfig, VideoClipDataset, build_loader, split_heldout
-from ..model.decoder import sample_mask
+from ..model.decoder import sample_mask, visible_indices
 from ..model.rvm import reconstruction_loss
 from .config import TrainConfig, config_from_yaml_text
 from .distributed import (
@@ -30,12 +32,14 @@ from .distributed import (
     autocast,
     autocast_dtype,
     barrier,
+    device_loader,
     grad_sync,
+    host_wait,
     mark_step,
+    prepare_model,
     resolve_strategy,
     setup,
     teardown,
-    wrap_model,
 )
 from .optim import build_optimizer, freeze_parameters, lr_at, set_lr
 from .report import Reporter, plot_losses, preview_image, save_png
@@ -68,15 +72,21 @@ def forward_loss(
     patch_size: int,
     hidden_only: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Loss (fp32 scalar) and prediction [B,Tt,3,H,W] for a uint8 batch from the loader."""
+    """Loss (fp32 scalar) and prediction [B,Tt,3,H,W] for a uint8 batch from the loader.
+
+    ``mask`` is a host tensor: its visible indices are computed here, before it moves, so the
+    model never reads a device tensor back to the host.
+    """
     nb = device.type == "cuda"
+    visible = visible_indices(mask.cpu())
     # uint8 crosses the bus (4x less than float); convert on the device
     src = batch["source"].to(device, non_blocking=nb).float().div_(255.0)
     tgt = batch["target"].to(device, non_blocking=nb).float().div_(255.0)
     deltas = batch["deltas"].to(device, non_blocking=nb)
     mask = mask.to(device, non_blocking=nb)
+    visible = visible.to(device, non_blocking=nb)
     with autocast(device, dtype):
-        pred = model(src, tgt, deltas, mask)
+        pred = model(src, tgt, deltas, mask, visible)
     return reconstruction_loss(pred, tgt, mask, patch_size, hidden_only), pred
 
 
@@ -93,11 +103,31 @@ def train(cfg: TrainConfig, resume: bool = False, save: bool = True) -> dict[str
     ``save=False`` writes no checkpoints (benchmarks).
     """
     # -- setup: process group, device, threads, precision ------------------------------------
-    env = setup(cfg.run.device, cfg.run.dist_timeout_min)
+    env = setup(cfg.run.device, cfg.run.dist_timeout_min, cfg.run.cache_wait_min)
     try:
-        return _train(cfg, env, resume, save)
+        with _deterministic_kernels(cfg.run.deterministic):
+            return _train(cfg, env, resume, save)
     finally:
         teardown(env)
+
+
+@contextlib.contextmanager
+def _deterministic_kernels(enabled: bool) -> Iterator[None]:
+    """Deterministic GPU kernels inside (for an exact-resume check on CUDA); restored after."""
+    if not enabled:
+        yield
+        return
+    old = torch.are_deterministic_algorithms_enabled()
+    old_warn = torch.is_deterministic_algorithms_warn_only_enabled()
+    # Before the first cuBLAS call, which reads the workspace setting once per process.
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    benchmark, torch.backends.cudnn.benchmark = torch.backends.cudnn.benchmark, False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(old, warn_only=old_warn)
+        torch.backends.cudnn.benchmark = benchmark
 
 
 def _train(cfg: TrainConfig, env: DistEnv, resume: bool, save: bool) -> dict[str, Any]:
@@ -123,7 +153,7 @@ def _train(cfg: TrainConfig, env: DistEnv, resume: bool, save: bool) -> dict[str
         run_dir.mkdir(parents=True, exist_ok=True)
         if save and not resume and latest_checkpoint(run_dir) is not None:
             raise ValueError(f"{run_dir} already has checkpoints: pass --resume or a new run.name")
-    barrier(env)
+    barrier(env, "rvm.run_dir")
 
     # -- data: the local rank 0 of each host fills the frame cache, the others then reuse it --
     train_paths, held_paths = split_heldout(cfg.data.paths, cfg.data.heldout)
@@ -164,7 +194,8 @@ def _train(cfg: TrainConfig, env: DistEnv, resume: bool, save: bool) -> dict[str
 
     if env.local_rank == 0:
         dataset, held_ds = make_datasets()
-    barrier(env)
+    # The first build can take hours (`rvm pretrain --cache-only` runs it as its own step).
+    host_wait(env, "rvm.cache")
     if env.local_rank != 0:
         dataset, held_ds = make_datasets()
     loader = build_loader(
@@ -182,9 +213,7 @@ def _train(cfg: TrainConfig, env: DistEnv, resume: bool, save: bool) -> dict[str
     freeze_parameters(model, cfg.optim.freeze)
     n_params = count_parameters(model)
     model = model.to(env.device)
-    if cfg.run.compile:
-        model.compile()  # in place: parameter names (and checkpoints) stay unchanged
-    model = wrap_model(model, env, strategy)
+    model = prepare_model(model, env, strategy, dtype, cfg.run.compile)
     optimizer = build_optimizer(model, cfg.optim)
 
     # -- resume ----------------------------------------------------------------------------
@@ -260,8 +289,37 @@ def _train(cfg: TrainConfig, env: DistEnv, resume: bool, save: bool) -> dict[str
     num_patches = mc.grid[0] * mc.grid[1]
     clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
     model.train()
-    data_iter = iter(loader)
+    # On XLA, MpDeviceLoader moves batches to the device in a background thread. It runs
+    # ahead of the loop, so the data position is counted here from the batches consumed.
+    data_iter = iter(device_loader(loader, env))
+    data_pos = loader.next_index
     t_session, wait_session, steps_session = time.perf_counter(), 0.0, 0
+
+    def record(
+        loss_t: torch.Tensor,
+        gn_t: torch.Tensor,
+        step: int,
+        lr: float,
+        t0: float,
+        wait: float,
+        data_state: dict[str, int],
+    ) -> None:
+        # The step's only host reads (loss, grad norm): on XLA a step closure calls this once
+        # the step's graph has executed, so reading the values cuts no graph.
+        nonlocal wait_session, steps_session
+        loss_val, gn = float(loss_t), _scalar(gn_t)
+        if not math.isfinite(loss_val):
+            raise FloatingPointError(f"loss is {loss_val} at step {step + 1}; lower optim.lr?")
+        state.step = step + 1
+        state.samples_seen += cfg.optim.batch_size
+        state.loss.append(loss_val)
+        state.lr.append(lr)
+        state.grad_norm.append(gn)
+        state.data = data_state
+        wait_session += wait
+        steps_session += 1
+        reporter.step(state.step, loss_val, lr, gn, time.perf_counter() - t0, wait)
+
     for step in range(state.step, cfg.run.steps):
         lr = lr_at(step, cfg.optim, cfg.run.steps)
         set_lr(optimizer, lr)
@@ -271,6 +329,7 @@ def _train(cfg: TrainConfig, env: DistEnv, resume: bool, save: bool) -> dict[str
         for micro in range(accum):
             tw = time.perf_counter()
             batch = next(data_iter)
+            data_pos += cfg.optim.batch_per_device
             wait += time.perf_counter() - tw
             mask = sample_masks(
                 cfg.run.seed,
@@ -288,25 +347,21 @@ def _train(cfg: TrainConfig, env: DistEnv, resume: bool, save: bool) -> dict[str
                 )
                 (loss / accum).backward()
             total += loss.detach()
+            if accum > 1:
+                mark_step(env)  # XLA: one graph per micro-batch, the same one every time
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        mark_step(env)
-        loss_val = float(all_reduce_mean(total / accum, env))
-        gn = _scalar(grad_norm)
-        step_s = time.perf_counter() - t0
-        if not math.isfinite(loss_val):
-            raise FloatingPointError(f"loss is {loss_val} at step {step + 1}; lower optim.lr?")
+        mean_loss = all_reduce_mean(total / accum, env)
+        data_state = dict(loader.state_dict(), next_index=data_pos)
 
-        state.step = step + 1
-        state.samples_seen += cfg.optim.batch_size
-        state.loss.append(loss_val)
-        state.lr.append(lr)
-        state.grad_norm.append(gn)
-        state.data = loader.state_dict()
-        wait_session += wait
-        steps_session += 1
-        reporter.step(state.step, loss_val, lr, gn, step_s, wait)
+        if env.is_xla:
+            import torch_xla.core.xla_model as xm
+
+            xm.add_step_closure(record, args=(mean_loss, grad_norm, step, lr, t0, wait, data_state))
+            mark_step(env)
+        else:
+            record(mean_loss, grad_norm, step, lr, t0, wait, data_state)
 
         last = state.step == cfg.run.steps
         if preview is not None and (state.step % cfg.run.preview_every == 0 or last):

@@ -110,7 +110,7 @@ def save_checkpoint(
         os.link(final / MODEL_FILE, link)  # hard link: no second copy of the weights
         os.replace(link, run_dir / MODEL_FILE)
         _prune(run_dir, keep)
-    barrier(env)
+    barrier(env, "rvm.checkpoint")  # no rank reads or deletes it before rank 0 is done
     return final
 
 
