@@ -235,6 +235,10 @@ def test_services_time_jump_and_stats(rvm_node, make_node, spin_until, model64):
     assert (tr.x[i], tr.y[i], tr.age[i]) == (5.0, 6.0, 0)
     bad = call(AddQueries, "/rvm_node/add_queries", AddQueries.Request(camera="/nope", x=[1.0]))
     assert not bad.success and "/nope" in bad.message
+    for x, y, why in ((float("nan"), 1.0, "non-finite"), (70.0, 3.0, "outside the 64x64 image")):
+        bad = call(AddQueries, "/rvm_node/add_queries", AddQueries.Request(x=[2.0, x], y=[2.0, y]))
+        assert not bad.success and bad.message == f"query 1 ({x:g}, {y:g}) is {why}", bad.message
+        assert list(bad.ids) == []
     res2 = call(
         RemoveTracks, "/rvm_node/remove_tracks", RemoveTracks.Request(ids=[res.ids[0], 999])
     )
@@ -463,7 +467,13 @@ def test_overload_newest_frames_bounded_memory_latency(rvm_node, make_node, exec
     assert len(pub) > 2.5 * len(trace), "not overloaded"
     assert len(trace) > 0.5 * capacity * 30
     assert age_rx.max() <= 2, f"a processed frame was {age_rx.max()} frames old"
-    assert np.percentile(age_pub, 99) <= 2, "frames queue before the node (DDS or executor)"
+    # Age in frames grows with the publish rate for the same delay (calibration can overshoot to
+    # ~400 fps: 2.6 ms per frame). A queue before the node holds frames for whole steps, so the
+    # bound is what one step of delay is worth in frames at the rate achieved (at least 2).
+    max_age = max(2, int(step * len(pub) / 30.0))
+    assert np.percentile(age_pub, 99) <= max_age, (
+        f"frames queue before the node (DDS or executor): p99 age > {max_age}"
+    )
     assert p95 <= 2 * step + 0.005, f"latency p95 {p95 * 1e3:.1f} ms > 2 steps ({step * 1e3:.1f})"
     # Memory: no growth after warm-up (a queue of 240x320 frames would grow ~20 MB/s).
     assert max(rss[10:]) - rss[10] < 30, f"RSS grew {rss[10]:.0f} -> {max(rss[10:]):.0f} MB"
