@@ -681,6 +681,14 @@ def test_lifecycle_outputs_only_while_active(
         assert _get_state(client, spin_until, name) == "unconfigured"
         assert node.runtime is None and not node.cameras
         assert spin_until(lambda: client.count_publishers("/lc/image/rvm/features") == 0, 10.0)
+        # Shutdown from active releases everything too.
+        for t in (Transition.TRANSITION_CONFIGURE, Transition.TRANSITION_ACTIVATE):
+            assert _change_state(client, spin_until, name, t)
+        publish_and_wait(True)
+        assert _change_state(client, spin_until, name, Transition.TRANSITION_ACTIVE_SHUTDOWN)
+        assert _get_state(client, spin_until, name) == "finalized"
+        assert node.runtime is None and not node.cameras and node._worker is None
+        assert spin_until(lambda: pub.get_subscription_count() == 0, timeout_sec=10.0)
     finally:
         executor.remove_node(node)
         node.destroy_node()
