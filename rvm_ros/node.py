@@ -50,6 +50,7 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -114,9 +115,18 @@ class ModelInfo:
 
 
 def load_runtime(
-    path: str, device: str, threads: int = 0, warmup: int = -1, trt_cache_dir: str = ""
+    path: str,
+    device: str,
+    threads: int = 0,
+    warmup: int = -1,
+    trt_cache_dir: str = "",
+    streams: Sequence[str] = ("default",),
 ) -> tuple[Any, ModelInfo]:
-    """Open the ONNX model -> (runtime, info); raises ModelLoadError with a one-line reason."""
+    """Open the ONNX model -> (runtime, info); raises ModelLoadError with a one-line reason.
+
+    ``streams``: the names ``step`` will be called with; each one's first runs (cuDNN loading,
+    CUDA-graph capture) happen here, inside the runtime's fallback chain, not on a first frame.
+    """
 
     if not path:
         raise ModelLoadError("cannot load model '': model_path is empty")
@@ -131,6 +141,7 @@ def load_runtime(
             threads=threads or None,
             warmup=None if warmup < 0 else warmup,
             trt_cache_dir=trt_cache_dir or None,
+            streams=tuple(streams) or ("default",),
         )
     except Exception as exc:  # onnxruntime raises several types; one line is all we show
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
@@ -395,7 +406,12 @@ class RVMNode(LifecycleNode):
         if runtime is None:
             path = p["model_path"] or default_model_path()
             runtime, self.model = load_runtime(
-                path, p["device"], p["threads"], p["warmup_steps"], p["trt_cache_dir"]
+                path,
+                p["device"],
+                p["threads"],
+                p["warmup_steps"],
+                p["trt_cache_dir"],
+                streams=[self._stream_name(t) for t in p["image_topics"]],
             )
         else:
             self.model = model_info(runtime)
@@ -455,11 +471,15 @@ class RVMNode(LifecycleNode):
         self.runtime = self.model = self.info = None
 
     # -- setup ---------------------------------------------------------------------------------
+    def _stream_name(self, topic: str) -> str:
+        """The runtime stream of a camera topic: its fully resolved name."""
+        return self.resolve_topic_name(topic)
+
     def _add_camera(self, topic: str) -> None:
         from rvm_ros.visualize import PCAColorizer
 
         compressed = topic.rstrip("/").endswith("/compressed")
-        name = self.resolve_topic_name(topic)
+        name = self._stream_name(topic)
         base = name[: -len("/compressed")] if compressed else name
         pipeline = CameraPipeline(
             name, self.runtime, self.pipeline_config, self.model.input_hw, warn=self._warn

@@ -957,3 +957,22 @@ def test_ros_side_modules_import_neither_torch_nor_pyav():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_configure_creates_each_camera_stream_in_the_runtime(rclpy_context, model64):
+    """The runtime makes (and first-runs) one stream per resolved camera topic at configure,
+    before any frame, so GPU first-run failures fall back there instead of on a frame."""
+    node = RVMNode(
+        context=rclpy_context,
+        namespace="front",
+        parameter_overrides=[
+            Parameter("model_path", value=str(model64)),
+            Parameter("image_topics", value=["image", "/rear/image"]),
+        ],
+    )
+    try:
+        assert node.runtime.streams == ["/front/image", "/rear/image"]
+        assert [node.runtime.frames(s) for s in node.runtime.streams] == [0, 0]
+        assert [c.pipeline.name for c in node.cameras] == node.runtime.streams
+    finally:
+        node.destroy_node()
