@@ -511,13 +511,14 @@ def make_layered_sequence(
     config = config or LayeredConfig()
     rng = np.random.default_rng(config.seed if seed is None else seed)
     scene = make_scene(textures, config, rng)
+    # Queries before the noise: blur, noise and lighting settings never move the ground truth.
+    q0 = _queries(scene, rng)
+    tracks, occluded, layer_of, src = ground_truth(scene, q0, config.num_frames)
     h, w = config.image_hw
     frames = np.empty((config.num_frames, h, w, 3), np.uint8)
     labels = np.empty((config.num_frames, h, w), np.uint8)
     for t in range(config.num_frames):
         frames[t], labels[t] = scene.render(t, rng)
-    q0 = _queries(scene, rng)
-    tracks, occluded, layer_of, src = ground_truth(scene, q0, config.num_frames)
     query_points = np.concatenate([np.zeros((len(q0), 1)), q0], axis=1)
     return SyntheticSequence(
         name, frames, query_points, tracks, occluded, labels, src, None, scene, layer_of
