@@ -86,6 +86,7 @@ def test_track_and_propagate_commands(tmp_path: Path) -> None:
         ("rvm", ["--checkpoint", "tiny"]),
         ("hybrid", ["--features", "pixels", "--pixel-grid", "8x8"]),
         ("lk", []),
+        ("dis", []),
     ):
         args = ["track", str(video), "--queries", str(q), "--out", str(out), "--method", method]
         assert main(args + extra) == 0
@@ -97,9 +98,17 @@ def test_track_and_propagate_commands(tmp_path: Path) -> None:
     Image.fromarray(mask).save(tmp_path / "m.png")
     masks = tmp_path / "masks.npy"
     args = ["propagate", str(video), "--first-mask", str(tmp_path / "m.png"), "--out", str(masks)]
-    assert main(args + ["--checkpoint", "tiny"]) == 0
-    m = np.load(masks)
-    assert m.shape == frames.shape[:3] and set(np.unique(m)) <= {0, 1}
+    for extra in (
+        ["--checkpoint", "tiny"],
+        ["--checkpoint", "tiny", "--propagation", "upsample=guided", "guide_radius=8"],
+        ["--method", "dis", "--propagation", "preset=fast"],
+    ):
+        assert main(args + extra) == 0
+        m = np.load(masks)
+        assert m.shape == frames.shape[:3] and set(np.unique(m)) <= {0, 1}
+    # Flow warping follows the 2 px/frame roll: the mask's columns move right by ~8 px.
+    cols = np.flatnonzero((m[-1] == 1).any(0))
+    assert abs(cols.min() - 48) <= 2 and abs(cols.max() - 97) <= 2, (cols.min(), cols.max())
 
 
 def test_unknown_override_key_is_one_line_error(tmp_path: Path, capsys) -> None:
