@@ -255,7 +255,7 @@ def eval_args(p: argparse.ArgumentParser) -> None:
     )
     s.add_argument(
         "--methods",
-        default="rvm,hybrid,lk,pixels",
+        default="rvm,hybrid,lk,dis,pixels",
         help="readouts and baselines, from rvm,hybrid,lk,dis,pixels (dis: flow tracks + masks)",
     )
     s.add_argument(

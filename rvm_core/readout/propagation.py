@@ -43,7 +43,7 @@ class PropagationConfig:
     label_downsample: str = "bilinear"  # or "area" / "nearest"
     upsample: str = "bilinear"  # or "nearest", or "guided" (needs the camera frame as guide)
     guide_radius: int = 16  # guided filter window half-size, camera pixels
-    guide_eps: float = 1e-2  # guided filter regulariser (intensities in [0, 1])
+    guide_eps: float = 1e-3  # guided filter regulariser (intensities in [0, 1])
 
     def __post_init__(self) -> None:
         if self.upsample not in ("bilinear", "nearest", "guided"):
