@@ -36,6 +36,25 @@ def _resize(x: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     return out
 
 
+def _inverse(m: np.ndarray) -> np.ndarray:
+    """Inverses of symmetric positive definite [n,c,c] matrices, c = 1 or 3 (closed form).
+
+    The adjugate formula is several times faster than a batched LAPACK solve for 3x3.
+    """
+    if m.shape[-1] == 1:
+        return 1.0 / m
+    a, b, c = m[:, 0, 0], m[:, 0, 1], m[:, 0, 2]
+    d, e, f = m[:, 1, 1], m[:, 1, 2], m[:, 2, 2]
+    adj = np.stack(
+        [d * f - e * e, c * e - b * f, b * e - c * d,
+         c * e - b * f, a * f - c * c, b * c - a * e,
+         b * e - c * d, b * c - a * e, a * d - b * b],
+        -1,
+    ).reshape(-1, 3, 3)  # fmt: skip
+    det = a * adj[:, 0, 0] + b * adj[:, 1, 0] + c * adj[:, 2, 0]
+    return adj / det[:, None, None]
+
+
 def guided_upsample(
     soft: np.ndarray, guide: np.ndarray, radius: int = 16, eps: float = 1e-2, subsample: int = 4
 ) -> np.ndarray:
@@ -61,7 +80,7 @@ def guided_upsample(
     cov_ii = _box(ii, r).reshape(n, c, c) - mean_i[:, :, None] * mean_i[:, None, :]
     ip = np.concatenate([gi[..., k : k + 1] * p for k in range(c)], -1)
     cov_ip = _box(ip, r).reshape(n, c, lab) - mean_i[:, :, None] * mean_p[:, None, :]
-    a = np.linalg.solve(cov_ii + eps * np.eye(c, dtype=np.float32), cov_ip)  # [n, c, L]
+    a = _inverse(cov_ii + eps * np.eye(c, dtype=np.float32)) @ cov_ip  # [n, c, L]
     b = mean_p - np.einsum("nc,ncl->nl", mean_i, a)
     ab = np.concatenate([a.reshape(*small_hw, c * lab), b.reshape(*small_hw, lab)], -1)
     ab = _resize(_box(ab.astype(np.float32), r), big_hw)
