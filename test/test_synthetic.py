@@ -15,7 +15,7 @@ from skimage import data
 
 from rvm_core.cli import main
 from rvm_core.eval.datasets import read_davis, read_label_png, read_tapvid, tapvid_queries
-from rvm_core.eval.layered import LayeredConfig, make_layered_sequence
+from rvm_core.eval.layered import LayeredConfig, make_layered_sequence, track_groups
 from rvm_core.eval.synthetic import SyntheticConfig, make_sequence, range_queries, track_scores
 
 SMALL = SyntheticConfig(num_frames=10, image_hw=(96, 128), grid=4, seed=3)
@@ -347,6 +347,10 @@ def test_layered_has_long_occlusions_reappearance_and_exits(clean) -> None:
         )
     ]
     assert len(back) >= 5  # hidden for >= 4 frames, then visible again
+    groups = track_groups(clean)
+    assert set(back) <= set(np.flatnonzero(groups["reappearing"]))
+    assert groups["occluders"].sum() >= 2 * CLEAN.points_per_layer - 2
+    assert not (groups["background"] & groups["objects"]).any()
     sprite = CLEAN.num_objects + 1  # the sprite whose path leaves the frame
     present = [(clean.labels[t] == sprite).any() for t in range(CLEAN.num_frames)]
     gone = [t for t, p in enumerate(present) if not p]
@@ -382,5 +386,6 @@ def test_eval_synthetic_v2_with_flow_baselines(tmp_path: Path, capsys) -> None:
     }
     assert 0 <= rows[("dis", "none")]["JF_mean"] <= 1  # DIS mask warping
     assert 0 <= rows[("rvm", "random")]["JF_guided"] <= 1
+    assert 0 <= rows[("dis", "none")]["AJ_background"] <= 1  # per-group scores of v2
     assert "J&F guid" in capsys.readouterr().out
     assert main(args[:-1] + ["dis.presett=fast"]) == 1  # a nested key is validated too

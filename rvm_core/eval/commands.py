@@ -427,6 +427,7 @@ _SYNTHETIC_METHODS = ("rvm", "hybrid", "lk", "dis", "pixels")
 
 
 def eval_synthetic(args: argparse.Namespace) -> int:
+    from .layered import track_groups
     from .synthetic import mask_scores, range_queries, track_scores
 
     methods = {m.strip() for m in args.methods.split(",") if m.strip()}
@@ -458,6 +459,15 @@ def eval_synthetic(args: argparse.Namespace) -> int:
                 record(key, f"AJ[{a}:{b}]", r["average_jaccard"])
                 record(key, f"delta[{a}:{b}]", r["average_pts_within_thresh"])
 
+    def score_groups(key, seq, tr, occ, hw):
+        """v2: AJ of the tracks on the background, objects, occluders, and re-appearing ones."""
+        if seq.layer_of is None:
+            return
+        for group, sel in track_groups(seq).items():
+            if sel.any():
+                g = (seq.query_points[sel], seq.tracks[sel], seq.occluded[sel], tr[sel], occ[sel])
+                record(key, f"AJ_{group}", track_scores(*g, hw)["average_jaccard"])
+
     def score_fresh_queries(key, track, gt, gto, hw):
         """--range-queries: new queries at each range's first frame, scored on that range."""
         q, src, which = range_queries(gt, gto, ranges)
@@ -482,6 +492,7 @@ def eval_synthetic(args: argparse.Namespace) -> int:
             )
             tr, occ, _ = track_img(seq.query_points)
             score_tracks((m, "none"), seq.query_points, seq.tracks, seq.occluded, tr, occ, hw)
+            score_groups((m, "none"), seq, tr, occ, hw)
             if fresh:
                 score_fresh_queries((m, "none"), track_img, seq.tracks, seq.occluded, hw)
         if "dis" in methods and not args.no_propagation:
@@ -496,6 +507,7 @@ def eval_synthetic(args: argparse.Namespace) -> int:
                 track = partial(track_video, frames=seq.frames, features=feats, config=cfg)
                 tr, occ, _ = track(seq.query_points)
                 score_tracks((r, label), seq.query_points, seq.tracks, seq.occluded, tr, occ, hw)
+                score_groups((r, label), seq, tr, occ, hw)
                 if fresh:
                     score_fresh_queries((r, label), track, seq.tracks, seq.occluded, hw)
             for u, pcfg in prop_cfgs.items() if not args.no_propagation else ():
@@ -528,6 +540,8 @@ def eval_synthetic(args: argparse.Namespace) -> int:
     cols = ["average_jaccard", "average_pts_within_thresh", "occlusion_accuracy", *jf_cols]
     if not args.no_stereo:
         cols += ["stereo_average_jaccard", "stereo_average_pts_within_thresh"]
+    if args.suite == "v2":
+        cols += [f"AJ_{g}" for g in ("background", "objects", "occluders", "reappearing")]
     cols += [f"AJ[{a}:{b}]" for a, b in ranges] + [f"delta[{a}:{b}]" for a, b in ranges]
     print(
         f"synthetic benchmark {args.suite}: {len(videos)} sequences x {config.num_frames} frames "
@@ -560,6 +574,10 @@ _COLUMN_NAMES = {
     "JF_guided": "J&F guid",
     "stereo_average_jaccard": "stereo AJ",
     "stereo_average_pts_within_thresh": "stereo delta",
+    "AJ_background": "AJ bg",
+    "AJ_objects": "AJ objs",
+    "AJ_occluders": "AJ occl",
+    "AJ_reappearing": "AJ reapp",
 }
 
 

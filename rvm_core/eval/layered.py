@@ -501,6 +501,21 @@ def ground_truth(
     return tracks, occluded, layer_of, src
 
 
+def track_groups(seq: SyntheticSequence) -> dict[str, np.ndarray]:
+    """Masks [N] of a v2 sequence's tracks by what they are on, and those that re-appear."""
+    n_obj = seq.scene.config.num_objects
+    occ = seq.occluded
+    # Hidden at some frame, visible again later: where re-detection is needed.
+    later_visible = np.flip(np.cumsum(np.flip(~occ, 1), 1), 1) > 0
+    back = (occ[:, :-1] & later_visible[:, 1:]).any(1)
+    return {
+        "background": seq.layer_of == 0,
+        "objects": (seq.layer_of >= 1) & (seq.layer_of <= n_obj),
+        "occluders": seq.layer_of > n_obj,
+        "reappearing": back,
+    }
+
+
 def make_layered_sequence(
     textures: Sequence[np.ndarray],
     config: LayeredConfig | None = None,
