@@ -83,8 +83,18 @@ def guided_upsample(
     a = _inverse(cov_ii + eps * np.eye(c, dtype=np.float32)) @ cov_ip  # [n, c, L]
     b = mean_p - np.einsum("nc,ncl->nl", mean_i, a)
     ab = np.concatenate([a.reshape(*small_hw, c * lab), b.reshape(*small_hw, lab)], -1)
-    ab = _resize(_box(ab.astype(np.float32), r), big_hw)
-    out = ab[..., c * lab :].copy()
-    for k in range(c):
-        out += g[..., k : k + 1] * ab[..., k * lab : (k + 1) * lab]
-    return out
+    ab = _box(ab.astype(np.float32), r)
+    # Camera resolution one contiguous plane at a time: strided channel slices are ~5x slower.
+    size = (big_hw[1], big_hw[0])
+    up = [
+        cv2.resize(np.ascontiguousarray(ab[..., i]), size, interpolation=cv2.INTER_LINEAR)
+        for i in range(ab.shape[-1])
+    ]
+    guide_planes = [np.ascontiguousarray(g[..., k]) for k in range(c)]
+    out = []
+    for label in range(lab):
+        q = up[c * lab + label]  # b, a fresh array: accumulate a . I into it
+        for k in range(c):
+            q += guide_planes[k] * up[k * lab + label]
+        out.append(q)
+    return np.stack(out, -1)
