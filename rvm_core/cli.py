@@ -175,7 +175,11 @@ COMMANDS: dict[str, tuple[str, Setup, Run]] = {
         cmd_bag_eval,
     ),
     "make-bag": ("write a video as a sensor_msgs/Image rosbag2", make_bag_args, cmd_make_bag),
-    "track": ("track query points through a video (rvm/hybrid/lk)", track_args, cmd_track_checked),
+    "track": (
+        "track query points through a video (rvm/hybrid/lk/dis)",
+        track_args,
+        cmd_track_checked,
+    ),
     "propagate": ("propagate a first-frame mask through a video", propagate_args, cmd_propagate),
     "eval": ("benchmarks: eval synthetic | tapvid DATA | davis DATA", eval_args, cmd_eval),
 }

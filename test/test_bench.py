@@ -110,9 +110,10 @@ def test_tracker_suite_quick() -> None:
     """Every stage of the readout benchmark runs (model step, trackers, propagation, full)."""
     from rvm_core.bench.tracker import bench_tracker
 
-    r = bench_tracker("tiny", (96, 128), tracks=4, frames=2, methods=("rvm", "lk"))
+    r = bench_tracker("tiny", (96, 128), tracks=4, frames=2, methods=("rvm", "dis"))
     assert (r["grid_h"], r["grid_w"], r["dim"]) == (16, 16, 128)  # tiny runs at 128x128
-    for key in ("model_step", "tracker_rvm", "tracker_lk", "propagation", "full_rvm", "full_lk"):
+    stages = ("model_step", "tracker_rvm", "tracker_dis", "propagation", "propagation_guided")
+    for key in (*stages, "propagation_dis", "full_rvm", "full_dis"):
         assert r[key] > 0, key
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pickle
 from pathlib import Path
@@ -14,6 +15,7 @@ from skimage import data
 
 from rvm_core.cli import main
 from rvm_core.eval.datasets import read_davis, read_label_png, read_tapvid, tapvid_queries
+from rvm_core.eval.layered import LayeredConfig, make_layered_sequence, track_groups
 from rvm_core.eval.synthetic import SyntheticConfig, make_sequence, range_queries, track_scores
 
 SMALL = SyntheticConfig(num_frames=10, image_hw=(96, 128), grid=4, seed=3)
@@ -84,6 +86,7 @@ def test_track_and_propagate_commands(tmp_path: Path) -> None:
         ("rvm", ["--checkpoint", "tiny"]),
         ("hybrid", ["--features", "pixels", "--pixel-grid", "8x8"]),
         ("lk", []),
+        ("dis", []),
     ):
         args = ["track", str(video), "--queries", str(q), "--out", str(out), "--method", method]
         assert main(args + extra) == 0
@@ -95,9 +98,17 @@ def test_track_and_propagate_commands(tmp_path: Path) -> None:
     Image.fromarray(mask).save(tmp_path / "m.png")
     masks = tmp_path / "masks.npy"
     args = ["propagate", str(video), "--first-mask", str(tmp_path / "m.png"), "--out", str(masks)]
-    assert main(args + ["--checkpoint", "tiny"]) == 0
-    m = np.load(masks)
-    assert m.shape == frames.shape[:3] and set(np.unique(m)) <= {0, 1}
+    for extra in (
+        ["--checkpoint", "tiny"],
+        ["--checkpoint", "tiny", "--propagation", "upsample=guided", "guide_radius=8"],
+        ["--method", "dis", "--propagation", "preset=fast"],
+    ):
+        assert main(args + extra) == 0
+        m = np.load(masks)
+        assert m.shape == frames.shape[:3] and set(np.unique(m)) <= {0, 1}
+    # Flow warping follows the 2 px/frame roll: the mask's columns move right by ~8 px.
+    cols = np.flatnonzero((m[-1] == 1).any(0))
+    assert abs(cols.min() - 48) <= 2 and abs(cols.max() - 97) <= 2, (cols.min(), cols.max())
 
 
 def test_unknown_override_key_is_one_line_error(tmp_path: Path, capsys) -> None:
@@ -216,3 +227,165 @@ def test_davis_reader_and_eval(tmp_path: Path) -> None:
     assert seqs[0].frames.shape[:3] == seqs[0].labels.shape
     assert read_label_png(root / "Annotations" / "480p" / "bear" / "00000.png").max() == 2
     assert main(["eval", "davis", str(root), "--features", "pixels", "--pixel-grid", "8x8"]) == 0
+
+
+# -- v1 reproducibility and the v2 (layered) suite ----------------------------------------------
+def test_v1_suite_is_bit_for_bit_unchanged(seq) -> None:
+    """The v1 generator's output is frozen: published v1 numbers stay reproducible."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for a in (seq.frames, seq.tracks, seq.occluded, seq.labels, seq.query_points):
+        h.update(a.tobytes())
+    assert h.hexdigest() == "24c3c21f56cf88eec5945ba8f1e13ee58e454c606a2aabdae0c749fec12efb6b"
+
+
+def _blocks(seed: int, block: int = 48) -> np.ndarray:
+    """A 288x288 texture of random flat colour blocks: bilinear sampling inside a block is exact."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (288 // block, 288 // block, 3), dtype=np.uint8)
+    return np.repeat(np.repeat(small, block, 0), block, 1)
+
+
+# Clean rendering (no blur, noise or lighting) so pixels can be compared with texels exactly.
+CLEAN = LayeredConfig(
+    num_frames=24,
+    image_hw=(120, 160),
+    grid=5,
+    points_per_layer=6,
+    blur_samples=1,
+    noise=0.0,
+    gain=0.0,
+    layer_gain=0.0,
+    light=0.0,
+    seed=5,
+)
+BLOCKS = [_blocks(k) for k in range(5)]
+
+
+@pytest.fixture(scope="module")
+def clean():
+    return make_layered_sequence(BLOCKS, CLEAN)
+
+
+def test_layered_tracks_follow_each_layers_warp(clean) -> None:
+    layers = clean.scene.layers
+    for j in np.unique(clean.layer_of):
+        sel = clean.layer_of == j
+        for t in range(CLEAN.num_frames):
+            s = layers[j].backward(float(t), clean.tracks[sel, t])
+            np.testing.assert_allclose(s, clean.source_points[sel], atol=1e-6)
+    # Parallax and own motion: layers do not move together.
+    moves = [
+        np.median(
+            np.linalg.norm(
+                clean.tracks[clean.layer_of == j, -1] - clean.tracks[clean.layer_of == j, 0],
+                axis=-1,
+            )
+        )
+        for j in np.unique(clean.layer_of)
+    ]
+    assert np.ptp(moves) > 3.0, moves
+
+
+def test_layered_pixel_at_gt_position_is_the_source_texel(clean) -> None:
+    layers = clean.scene.layers
+    h, w = CLEAN.image_hw
+    checked = set()
+    for t in range(CLEAN.num_frames):
+        for n in np.flatnonzero(~clean.occluded[:, t]):
+            j = clean.layer_of[n]
+            x, y = np.rint(clean.tracks[n, t]).astype(int)
+            if not (0 <= x < w and 0 <= y < h) or clean.labels[t, y, x] != j:
+                continue  # the nearest pixel centre is past the frame or the layer's edge
+            tex = layers[j].texture
+            sx, sy = np.rint(clean.source_points[n]).astype(int)
+            win = tex[max(sy - 3, 0) : sy + 4, max(sx - 3, 0) : sx + 4].reshape(-1, 3)
+            if len(win) < 49 or (win != win[0]).any():
+                continue  # only where bilinear sampling around the texel is exact
+            np.testing.assert_array_equal(clean.frames[t, y, x], tex[sy, sx])
+            checked.add((int(n), t))
+    assert len(checked) > 200 and len({clean.layer_of[n] for n, _ in checked}) >= 4
+
+
+def test_layered_occlusion_agrees_with_layer_order_and_masks(clean) -> None:
+    h, w = CLEAN.image_hw
+    tested = 0
+    for t in range(CLEAN.num_frames):
+        lab = clean.labels[t].astype(int)
+        for n in range(len(clean.tracks)):
+            j = clean.layer_of[n]
+            x, y = clean.tracks[n, t]
+            if not (0 <= x <= w - 1 and 0 <= y <= h - 1):
+                assert clean.occluded[n, t]
+                continue
+            c, r = int(np.rint(x)), int(np.rint(y))
+            nb = lab[max(r - 1, 0) : r + 2, max(c - 1, 0) : c + 2]
+            if (nb != nb.flat[0]).any():
+                continue  # at a layer edge the nearest pixel centre may be on either side
+            tested += 1
+            if clean.occluded[n, t]:
+                assert lab[r, c] > j  # hidden by a layer in front of its own
+            else:
+                assert lab[r, c] == j
+    assert tested > 0.6 * clean.occluded.size
+    # The label maps are the front-most layer at every pixel centre.
+    for t in (0, CLEAN.num_frames - 1):
+        ys, xs = np.mgrid[0:h, 0:w]
+        u = np.stack([xs, ys], -1).astype(np.float64)
+        np.testing.assert_array_equal(clean.labels[t], clean.scene.front_layer(float(t), u))
+
+
+def test_layered_has_long_occlusions_reappearance_and_exits(clean) -> None:
+    occ = clean.occluded
+    back = [
+        n
+        for n in range(len(occ))
+        if any(
+            occ[n, a : a + 4].all() and not occ[n, a - 1] and (~occ[n, a + 4 :]).any()
+            for a in range(1, occ.shape[1] - 4)
+        )
+    ]
+    assert len(back) >= 5  # hidden for >= 4 frames, then visible again
+    groups = track_groups(clean)
+    assert set(back) <= set(np.flatnonzero(groups["reappearing"]))
+    assert groups["occluders"].sum() >= 2 * CLEAN.points_per_layer - 2
+    assert not (groups["background"] & groups["objects"]).any()
+    sprite = CLEAN.num_objects + 1  # the sprite whose path leaves the frame
+    present = [(clean.labels[t] == sprite).any() for t in range(CLEAN.num_frames)]
+    gone = [t for t, p in enumerate(present) if not p]
+    assert present[0] and gone and any(present[gone[0] :]), present
+
+
+def test_layered_blur_noise_and_light_change_pixels_not_ground_truth(clean) -> None:
+    cfg = dataclasses.replace(
+        CLEAN, blur_samples=5, noise=2.0, gain=0.15, layer_gain=0.1, light=0.1
+    )
+    lit = make_layered_sequence(BLOCKS, cfg)
+    for name in ("tracks", "occluded", "labels", "query_points"):
+        np.testing.assert_array_equal(getattr(lit, name), getattr(clean, name))
+    diff = np.abs(lit.frames.astype(int) - clean.frames.astype(int))
+    assert diff.mean() > 3
+    again = make_layered_sequence(BLOCKS, cfg)
+    np.testing.assert_array_equal(again.frames, lit.frames)
+
+
+def test_eval_synthetic_v2_with_flow_baselines(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "r.json"
+    args = ["eval", "synthetic", "--suite", "v2", "--checkpoint", "tiny", "--frames", "6"]
+    args += ["--image-size", "96x128", "--sequences", "1", "--root", str(tmp_path / "none")]
+    args += ["--methods", "rvm,lk,dis", "--no-stereo", "--json", str(out)]
+    args += ["--tracker", "dis.preset=ultrafast"]
+    assert main(args) == 0
+    res = json.loads(out.read_text())
+    rows = {(r["method"], r["features"]): r for r in res["rows"]}
+    assert res["suite"] == "v2" and set(rows) == {
+        ("lk", "none"),
+        ("dis", "none"),
+        ("rvm", "random"),
+    }
+    assert 0 <= rows[("dis", "none")]["JF_mean"] <= 1  # DIS mask warping
+    assert 0 <= rows[("rvm", "random")]["JF_guided"] <= 1
+    assert 0 <= rows[("dis", "none")]["AJ_background"] <= 1  # per-group scores of v2
+    assert "J&F guid" in capsys.readouterr().out
+    assert main(args[:-1] + ["dis.presett=fast"]) == 1  # a nested key is validated too

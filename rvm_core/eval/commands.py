@@ -12,9 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..readout.dis import DISConfig, propagate_flow
 from ..readout.features import ModelFeatures, PixelFeatures
 from ..readout.propagation import PropagationConfig, propagate_labels
-from ..readout.tracker import METHODS, TrackerConfig, track_video
+from ..readout.tracker import IMAGE_ONLY, METHODS, TrackerConfig, track_video
 
 FeatureFn = Callable[[np.ndarray], np.ndarray]
 
@@ -42,13 +43,27 @@ def _parse_overrides(items: Sequence[str] | None) -> dict[str, object]:
 
 
 def _config(cls, overrides: Sequence[str] | None, **fixed: object):
-    """``cls(**fixed, **overrides)``; an unknown (or fixed) key is a one-line ValueError."""
+    """``cls(**fixed, **overrides)``; an unknown (or fixed) key is a one-line ValueError.
+
+    ``part.key=value`` sets a field of a nested config (e.g. ``dis.preset=fast``).
+    """
     values = _parse_overrides(overrides)
-    allowed = sorted(f.name for f in dataclasses.fields(cls) if f.init and f.name not in fixed)
-    unknown = sorted(set(values) - set(allowed))
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init and f.name not in fixed}
+    nested: dict[str, dict[str, object]] = {}
+    for key in [k for k in values if "." in k]:
+        part, _, sub = key.partition(".")
+        nested.setdefault(part, {})[sub] = values.pop(key)
+    allowed = sorted(fields)
+    unknown = sorted(set(values) - set(allowed)) + sorted(
+        f"{p}.*" for p in nested if p not in fields or fields[p].default_factory is None
+    )
     if unknown:
         raise ValueError(
             f"unknown {cls.__name__} key(s) {', '.join(unknown)}; valid: {', '.join(allowed)}"
+        )
+    for part, sub in nested.items():
+        values[part] = _config(
+            type(fields[part].default_factory()), [f"{k}={v}" for k, v in sub.items()]
         )
     return cls(**fixed, **values)
 
@@ -59,6 +74,10 @@ def _tracker_config(method: str, overrides: Sequence[str] | None) -> TrackerConf
 
 def _prop_config(overrides: Sequence[str] | None) -> PropagationConfig:
     return _config(PropagationConfig, overrides)
+
+
+def _dis_config(overrides: Sequence[str] | None) -> DISConfig:
+    return _config(DISConfig, overrides)
 
 
 def _load(checkpoint: str, device: str = "cpu"):
@@ -160,7 +179,7 @@ def cmd_track(args: argparse.Namespace) -> int:
     frames = read_video(args.video)
     if len(queries) and np.round(queries[:, 0]).max() >= len(frames):
         raise ValueError(f"a query frame is beyond the video's {len(frames)} frames")
-    feats = None if args.method == "lk" else _feature_fn(args)
+    feats = None if args.method in IMAGE_ONLY else _feature_fn(args)
     t0 = time.perf_counter()
     tracks, occluded, scores = track_video(
         queries, frames=frames, features=feats, config=_tracker_config(args.method, args.tracker)
@@ -179,7 +198,18 @@ def propagate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("video", help="video file, folder of images, or .npy uint8 [T,H,W,3]")
     p.add_argument("--first-mask", required=True, help="label PNG of frame 0 (palette/gray/RGB)")
     p.add_argument("--out", required=True, help="output .npy label ids [T,H,W] uint8")
-    p.add_argument("--propagation", nargs="*", metavar="KEY=VALUE", help="PropagationConfig")
+    p.add_argument(
+        "--method",
+        choices=("rvm", "dis"),
+        default="rvm",
+        help="rvm: label propagation on features; dis: chained DIS optical flow warps",
+    )
+    p.add_argument(
+        "--propagation",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="PropagationConfig (rvm; upsample=guided follows image edges) or DISConfig (dis)",
+    )
     _common_feature_args(p)
 
 
@@ -195,8 +225,12 @@ def cmd_propagate(args: argparse.Namespace) -> int:
         first = cv2.resize(
             first.astype(np.uint8), frames.shape[2:0:-1], interpolation=cv2.INTER_NEAREST
         )
-    fn = _feature_fn(args)
-    masks = propagate_labels((fn(f) for f in frames), first, _prop_config(args.propagation))
+    if args.method == "dis":
+        masks = propagate_flow(frames, first, _dis_config(args.propagation))
+    else:
+        fn = _feature_fn(args)
+        cfg = _prop_config(args.propagation)
+        masks = propagate_labels((fn(f) for f in frames), first, cfg, guides=frames)
     np.save(args.out, masks.astype(np.uint8))
     print(f"wrote {args.out}: {masks.shape[0]} frames, {int(first.max())} objects")
     return 0
@@ -212,8 +246,26 @@ def eval_args(p: argparse.ArgumentParser) -> None:
         help="trained checkpoint (or config = random); repeat to compare several (rows by run)",
     )
     s.add_argument("--random-baseline", action="store_true", help="also random weights")
-    s.add_argument("--methods", default="rvm,hybrid,lk,pixels", help="readouts and baselines")
-    s.add_argument("--frames", type=int, default=48, help="frames per sequence (long: 300)")
+    s.add_argument(
+        "--suite",
+        choices=("v1", "v2"),
+        default="v1",
+        help="v1: one warped plane + pasted occluders; v2: layers with parallax, deformation, "
+        "returning occluders, lighting changes and motion blur",
+    )
+    s.add_argument(
+        "--methods",
+        default="rvm,hybrid,lk,dis,pixels",
+        help="readouts and baselines, from rvm,hybrid,lk,dis,pixels (dis: flow tracks + masks)",
+    )
+    s.add_argument(
+        "--upsample",
+        default="bilinear,guided",
+        help="label upsampling of feature propagation, rows J&F / J&F guided",
+    )
+    s.add_argument(
+        "--frames", type=int, default=None, help="frames per sequence (v1 48, v2 64; long: 300)"
+    )
     s.add_argument("--sequences", type=int, default=None, help="limit the number of sequences")
     s.add_argument("--image-size", default="480x640", help="benchmark frame HxW")
     s.add_argument("--ranges", default=None, help="frame ranges to score apart, e.g. 1:100,200:300")
@@ -225,6 +277,11 @@ def eval_args(p: argparse.ArgumentParser) -> None:
     s.add_argument("--no-stereo", action="store_true", help="skip the Middlebury stereo pair")
     s.add_argument("--no-propagation", action="store_true")
     s.add_argument("--root", default="data/real", help="folder holding the held-out clips")
+    s.add_argument(
+        "--clips",
+        default=None,
+        help="comma-separated clips under --root instead of the held-out ones (to tune on)",
+    )
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--json", default=None, help="write all results here")
     _eval_common(s)
@@ -347,26 +404,46 @@ def _parse_ranges(text: str | None) -> list[tuple[int, int]]:
     return out
 
 
-def eval_synthetic(args: argparse.Namespace) -> int:
+def _synthetic_benchmark(args: argparse.Namespace):
+    """(config, lazily rendered sequences) of the selected suite, sources and size."""
     from ..preprocess import parse_size
-    from .synthetic import (
-        SyntheticConfig,
-        make_benchmark,
-        mask_scores,
-        range_queries,
-        track_scores,
+    from .layered import LayeredConfig, make_layered_benchmark
+    from .synthetic import HELD_OUT_CLIPS, SyntheticConfig, make_benchmark
+
+    clips = tuple(c.strip() for c in args.clips.split(",")) if args.clips else HELD_OUT_CLIPS
+    cls, make = (
+        (SyntheticConfig, make_benchmark)
+        if args.suite == "v1"
+        else (LayeredConfig, make_layered_benchmark)
     )
+    kw = {"image_hw": parse_size(args.image_size), "seed": args.seed}
+    if args.frames is not None:
+        kw["num_frames"] = args.frames
+    config = cls(**kw)
+    return config, make(config, root=args.root, clips=clips, max_sequences=args.sequences)
+
+
+_SYNTHETIC_METHODS = ("rvm", "hybrid", "lk", "dis", "pixels")
+
+
+def eval_synthetic(args: argparse.Namespace) -> int:
+    from .layered import track_groups
+    from .synthetic import mask_scores, range_queries, track_scores
 
     methods = {m.strip() for m in args.methods.split(",") if m.strip()}
-    unknown = methods - {"rvm", "hybrid", "lk", "pixels"}
+    unknown = methods - set(_SYNTHETIC_METHODS)
     if unknown:
         raise ValueError(f"unknown methods {sorted(unknown)}")
+    upsample = [u.strip() for u in args.upsample.split(",") if u.strip()]
+    prop_cfgs = {
+        u: dataclasses.replace(_prop_config(args.propagation), upsample=u) for u in upsample
+    }
     readouts = [m for m in ("rvm", "hybrid") if m in methods]
-    sources = _synthetic_sources(args, methods) if readouts or not args.no_propagation else {}
+    image_only = [m for m in IMAGE_ONLY if m in methods]
+    feature_prop = not args.no_propagation and bool(prop_cfgs)
+    sources = _synthetic_sources(args, methods) if readouts or feature_prop else {}
     ranges = _parse_ranges(args.ranges)
-    config = SyntheticConfig(
-        num_frames=args.frames, image_hw=parse_size(args.image_size), seed=args.seed
-    )
+    config, benchmark = _synthetic_benchmark(args)
     rows: dict[tuple[str, str], dict[str, list]] = {}
 
     def record(key: tuple[str, str], metric: str, value: float) -> None:
@@ -382,6 +459,15 @@ def eval_synthetic(args: argparse.Namespace) -> int:
                 record(key, f"AJ[{a}:{b}]", r["average_jaccard"])
                 record(key, f"delta[{a}:{b}]", r["average_pts_within_thresh"])
 
+    def score_groups(key, seq, tr, occ, hw):
+        """v2: AJ of the tracks on the background, objects, occluders, and re-appearing ones."""
+        if seq.layer_of is None:
+            return
+        for group, sel in track_groups(seq).items():
+            if sel.any():
+                g = (seq.query_points[sel], seq.tracks[sel], seq.occluded[sel], tr[sel], occ[sel])
+                record(key, f"AJ_{group}", track_scores(*g, hw)["average_jaccard"])
+
     def score_fresh_queries(key, track, gt, gto, hw):
         """--range-queries: new queries at each range's first frame, scored on that range."""
         q, src, which = range_queries(gt, gto, ranges)
@@ -396,18 +482,23 @@ def eval_synthetic(args: argparse.Namespace) -> int:
 
     t_start = time.perf_counter()
     videos = []
-    for seq in make_benchmark(config, root=args.root, max_sequences=args.sequences):
+    for seq in benchmark:
         videos.append(seq.name)
         hw = seq.frames.shape[1:3]
         fresh = bool(ranges and args.range_queries)
-        if "lk" in methods:
-            track_lk = partial(
-                track_video, frames=seq.frames, config=_tracker_config("lk", args.tracker)
+        for m in image_only:
+            track_img = partial(
+                track_video, frames=seq.frames, config=_tracker_config(m, args.tracker)
             )
-            tr, occ, _ = track_lk(seq.query_points)
-            score_tracks(("lk", "none"), seq.query_points, seq.tracks, seq.occluded, tr, occ, hw)
+            tr, occ, _ = track_img(seq.query_points)
+            score_tracks((m, "none"), seq.query_points, seq.tracks, seq.occluded, tr, occ, hw)
+            score_groups((m, "none"), seq, tr, occ, hw)
             if fresh:
-                score_fresh_queries(("lk", "none"), track_lk, seq.tracks, seq.occluded, hw)
+                score_fresh_queries((m, "none"), track_img, seq.tracks, seq.occluded, hw)
+        if "dis" in methods and not args.no_propagation:
+            cfg = _tracker_config("dis", args.tracker).dis
+            pred = propagate_flow(seq.frames, seq.labels[0], cfg)
+            record(("dis", "none"), "JF_mean", mask_scores(seq.labels, pred)["JF_mean"])
         for label, make in sources.items():
             fn = make()
             feats = [fn(f) for f in seq.frames]
@@ -416,20 +507,21 @@ def eval_synthetic(args: argparse.Namespace) -> int:
                 track = partial(track_video, frames=seq.frames, features=feats, config=cfg)
                 tr, occ, _ = track(seq.query_points)
                 score_tracks((r, label), seq.query_points, seq.tracks, seq.occluded, tr, occ, hw)
+                score_groups((r, label), seq, tr, occ, hw)
                 if fresh:
                     score_fresh_queries((r, label), track, seq.tracks, seq.occluded, hw)
-            if not args.no_propagation:
-                pred = propagate_labels(feats, seq.labels[0], _prop_config(args.propagation))
+            for u, pcfg in prop_cfgs.items() if not args.no_propagation else ():
+                pred = propagate_labels(feats, seq.labels[0], pcfg, guides=seq.frames)
                 js = mask_scores(seq.labels, pred)
-                record(("propagation", label), "JF_mean", js["JF_mean"])
+                record(("propagation", label), _JF_COLUMN[u], js["JF_mean"])
         print(f"  {seq.name}: done ({time.perf_counter() - t_start:.0f} s)", flush=True)
 
     if not args.no_stereo:
         frames, q, gt, gto = _stereo_case()
         hw = frames.shape[1:3]
-        if "lk" in methods:
-            tr, occ, _ = track_video(q, frames=frames, config=_tracker_config("lk", args.tracker))
-            score_tracks(("lk", "none"), q, gt, gto, tr, occ, hw, prefix="stereo_")
+        for m in image_only:
+            tr, occ, _ = track_video(q, frames=frames, config=_tracker_config(m, args.tracker))
+            score_tracks((m, "none"), q, gt, gto, tr, occ, hw, prefix="stereo_")
         for label, make in sources.items():
             fn = make()
             # Two views, not two time steps: each view is its own stream (a static clip after
@@ -443,49 +535,24 @@ def eval_synthetic(args: argparse.Namespace) -> int:
                 tr, occ, _ = track_video(q, frames=frames, features=feats, config=cfg)
                 score_tracks((r, label), q, gt, gto, tr, occ, hw, prefix="stereo_")
 
-    # Propagation J&F is a property of the features: show it on every row using them.
-    table = []
-    for (method, label), metrics in rows.items():
-        if method == "propagation":
-            continue
-        row = {"method": method, "features": label}
-        row.update({k: float(np.mean(v)) for k, v in metrics.items()})
-        jf = rows.get(("propagation", label), {}).get("JF_mean")
-        row["JF_mean"] = float(np.mean(jf)) if jf else None
-        table.append(row)
-    for label in sources:  # propagation-only rows when no readout was requested
-        if not readouts and ("propagation", label) in rows:
-            jf = float(np.mean(rows[("propagation", label)]["JF_mean"]))
-            table.append({"method": "propagation", "features": label, "JF_mean": jf})
-
-    extra = [f"AJ[{a}:{b}]" for a, b in ranges] + [f"delta[{a}:{b}]" for a, b in ranges]
-    cols = ["average_jaccard", "average_pts_within_thresh", "occlusion_accuracy", "JF_mean"]
+    table = _synthetic_table(rows, sources, readouts)
+    jf_cols = [_JF_COLUMN[u] for u in upsample] if upsample else ["JF_mean"]
+    cols = ["average_jaccard", "average_pts_within_thresh", "occlusion_accuracy", *jf_cols]
     if not args.no_stereo:
         cols += ["stereo_average_jaccard", "stereo_average_pts_within_thresh"]
-    cols += extra
-    names = {
-        "average_jaccard": "AJ",
-        "average_pts_within_thresh": "delta_avg",
-        "occlusion_accuracy": "OA",
-        "JF_mean": "J&F",
-        "stereo_average_jaccard": "stereo AJ",
-        "stereo_average_pts_within_thresh": "stereo delta",
-    }
+    if args.suite == "v2":
+        cols += [f"AJ_{g}" for g in ("background", "objects", "occluders", "reappearing")]
+    cols += [f"AJ[{a}:{b}]" for a, b in ranges] + [f"delta[{a}:{b}]" for a, b in ranges]
     print(
-        f"synthetic benchmark: {len(videos)} sequences x {config.num_frames} frames at "
-        f"{config.image_hw[1]}x{config.image_hw[0]} ({', '.join(videos)}); TAP-Vid 'first', 256x256"
+        f"synthetic benchmark {args.suite}: {len(videos)} sequences x {config.num_frames} frames "
+        f"at {config.image_hw[1]}x{config.image_hw[0]} ({', '.join(videos)}); TAP-Vid 'first', "
+        "256x256"
     )
-    header = f"{'method':<8} | {'features':<8} | " + " | ".join(
-        f"{names.get(c, c):>9}" for c in cols
-    )
-    print(header)
-    print("-" * len(header))
-    for row in table:
-        vals = " | ".join(f"{_fmt(row.get(c)):>9}" for c in cols)
-        print(f"{row['method']:<8} | {row['features']:<8} | {vals}")
+    _print_table(table, cols)
     _write_json(
         args.json,
         {
+            "suite": args.suite,
             "config": dataclasses.asdict(config),
             "ranges": ranges,
             "range_queries": bool(args.range_queries),
@@ -494,6 +561,57 @@ def eval_synthetic(args: argparse.Namespace) -> int:
         },
     )
     return 0
+
+
+# J&F column of each label upsampling mode (the DIS row's J&F is its own flow warping).
+_JF_COLUMN = {"bilinear": "JF_mean", "nearest": "JF_nearest", "guided": "JF_guided"}
+_COLUMN_NAMES = {
+    "average_jaccard": "AJ",
+    "average_pts_within_thresh": "delta_avg",
+    "occlusion_accuracy": "OA",
+    "JF_mean": "J&F",
+    "JF_nearest": "J&F near",
+    "JF_guided": "J&F guid",
+    "stereo_average_jaccard": "stereo AJ",
+    "stereo_average_pts_within_thresh": "stereo delta",
+    "AJ_background": "AJ bg",
+    "AJ_objects": "AJ objs",
+    "AJ_occluders": "AJ occl",
+    "AJ_reappearing": "AJ reapp",
+}
+
+
+def _synthetic_table(rows: dict, sources: dict, readouts: list[str]) -> list[dict]:
+    """Per-video means -> table rows; propagation J&F is shown on every row using its features."""
+    table = []
+    for (method, label), metrics in rows.items():
+        if method == "propagation":
+            continue
+        row = {"method": method, "features": label}
+        row.update({k: float(np.mean(v)) for k, v in metrics.items()})
+        prop = rows.get(("propagation", label), {})
+        for col in _JF_COLUMN.values():
+            if col in prop:
+                row[col] = float(np.mean(prop[col]))
+        row.setdefault("JF_mean", None)
+        table.append(row)
+    for label in sources:  # propagation-only rows when no readout was requested
+        if not readouts and ("propagation", label) in rows:
+            row = {"method": "propagation", "features": label}
+            row.update({k: float(np.mean(v)) for k, v in rows[("propagation", label)].items()})
+            table.append(row)
+    return table
+
+
+def _print_table(table: list[dict], cols: list[str]) -> None:
+    header = f"{'method':<11} | {'features':<8} | " + " | ".join(
+        f"{_COLUMN_NAMES.get(c, c):>9}" for c in cols
+    )
+    print(header)
+    print("-" * len(header))
+    for row in table:
+        vals = " | ".join(f"{_fmt(row.get(c)):>9}" for c in cols)
+        print(f"{row['method']:<11} | {row['features']:<8} | {vals}")
 
 
 # .. TAP-Vid .....................................................................................
@@ -506,7 +624,7 @@ def eval_tapvid(args: argparse.Namespace) -> int:
 
     h, w = parse_size(args.resize)
     fn = None
-    if args.method != "lk":
+    if args.method not in IMAGE_ONLY:
         args.pixel_grid = getattr(args, "pixel_grid", None)
         fn = _feature_fn(args)
     per_video, names = [], []
@@ -561,9 +679,9 @@ def eval_davis(args: argparse.Namespace) -> int:
             fn.reset()
         first = np.where(seq.labels[0] == DAVIS_VOID_LABEL, 0, seq.labels[0])
         n = int(first.max()) + 1
-        pred = propagate_labels(
-            (fn(f) for f in seq.frames), first, _prop_config(args.propagation), num_labels=n
-        )
+        cfg = _prop_config(args.propagation)
+        feats = (fn(f) for f in seq.frames)
+        pred = propagate_labels(feats, first, cfg, num_labels=n, guides=seq.frames)
         s = davis_summary(seq.labels, pred)
         summaries.append(s)
         names.append(seq.name)

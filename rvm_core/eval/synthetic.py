@@ -14,11 +14,15 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
 from .metrics import davis_summary, tapvid_video_metrics
+
+if TYPE_CHECKING:
+    from .layered import LayeredScene
 
 # Clips never used for training (the data splits keep them out): the benchmark's sources.
 HELD_OUT_CLIPS = (
@@ -64,7 +68,9 @@ class SyntheticSequence:
     occluded: np.ndarray  # [N,T] bool
     labels: np.ndarray  # [T,H,W] uint8
     source_points: np.ndarray  # [N,2] points in source-image coordinates
-    warp: SmoothWarp
+    warp: SmoothWarp | None  # the v1 suite's warp
+    scene: LayeredScene | None = None  # the v2 suite's scene
+    layer_of: np.ndarray | None = None  # [N] v2: index of the scene layer each track is on
 
 
 def _smooth_curve(rng: np.random.Generator, t: np.ndarray, amp: float, period: Sequence[float]):

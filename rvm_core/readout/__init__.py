@@ -4,6 +4,8 @@
 pixel patches); everything else here is safe for the deployment side without PyTorch.
 """
 
+from rvm_core.readout.dis import DISConfig, FlowMaskPropagator, propagate_flow
+from rvm_core.readout.guided import guided_upsample
 from rvm_core.readout.lk import LKConfig
 from rvm_core.readout.propagation import LabelPropagator, PropagationConfig, propagate_labels
 from rvm_core.readout.tracker import (
@@ -17,6 +19,8 @@ from rvm_core.readout.tracker import (
 )
 
 __all__ = [
+    "DISConfig",
+    "FlowMaskPropagator",
     "LKConfig",
     "LabelPropagator",
     "METHODS",
@@ -25,7 +29,9 @@ __all__ = [
     "TrackState",
     "TrackerConfig",
     "grid_to_pixel",
+    "guided_upsample",
     "pixel_to_grid",
+    "propagate_flow",
     "propagate_labels",
     "track_video",
 ]

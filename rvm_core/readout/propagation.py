@@ -6,6 +6,10 @@ affinity = cosine / 0.7; top-k 7 then softmax; spatial radius 20 patches; one-ho
 bilinearly downsampled to the grid; the predicted soft labels of each frame enter the context
 queue (as DINO's ``eval_video_segmentation.py``); predictions are bilinearly upsampled, then
 argmax. Constant cost per frame: (1 + context) x N cells per query.
+
+``upsample="guided"`` leaves the feature grid with image-guided upsampling instead (a guided
+filter with the camera frame as guide, ``guided.py``), so boundaries follow the image; it needs
+the frame passed as ``guide`` to ``step`` / ``upsample``.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from .guided import guided_upsample
 from .tracker import normalize_features
 
 
@@ -36,7 +41,13 @@ class PropagationConfig:
     # 0.001 -> 0.16 (cockatoo).
     center: bool = True
     label_downsample: str = "bilinear"  # or "area" / "nearest"
-    upsample: str = "bilinear"  # or "nearest"
+    upsample: str = "bilinear"  # or "nearest", or "guided" (needs the camera frame as guide)
+    guide_radius: int = 16  # guided filter window half-size, camera pixels
+    guide_eps: float = 1e-3  # guided filter regulariser (intensities in [0, 1])
+
+    def __post_init__(self) -> None:
+        if self.upsample not in ("bilinear", "nearest", "guided"):
+            raise ValueError(f"upsample must be bilinear, nearest or guided, not {self.upsample!r}")
 
 
 _INTERP = {"bilinear": cv2.INTER_LINEAR, "area": cv2.INTER_AREA, "nearest": cv2.INTER_NEAREST}
@@ -87,10 +98,13 @@ class LabelPropagator:
         # On small grids the radius covers everything: skip the masking cost.
         self._mask = mask if mask.any() else None
 
-    def step(self, features: np.ndarray) -> np.ndarray:
-        """Next frame's features [h,w,C] -> label ids [H,W] int64 (also queued as context)."""
+    def step(self, features: np.ndarray, guide: np.ndarray | None = None) -> np.ndarray:
+        """Next frame's features [h,w,C] -> label ids [H,W] int64 (also queued as context).
+
+        ``guide``: that frame's camera image uint8 [H,W,3], used by ``upsample="guided"``.
+        """
         soft = self.step_soft(features)
-        return self.upsample(soft).argmax(-1)
+        return self.upsample(soft, guide).argmax(-1)
 
     def step_soft(self, features: np.ndarray) -> np.ndarray:
         """Next frame's features -> soft labels on the grid [h,w,L] (queued as context)."""
@@ -119,9 +133,16 @@ class LabelPropagator:
         self._queue.append((q, soft))
         return soft.reshape(*self.grid_hw, -1)
 
-    def upsample(self, soft: np.ndarray) -> np.ndarray:
-        """Grid soft labels [h,w,L] -> image-size soft labels [H,W,L]."""
-        return _resize_channels(soft, self.image_hw, self.config.upsample)
+    def upsample(self, soft: np.ndarray, guide: np.ndarray | None = None) -> np.ndarray:
+        """Grid soft labels [h,w,L] -> image-size soft labels [H,W,L] (guide: camera frame)."""
+        cfg = self.config
+        if cfg.upsample != "guided":
+            return _resize_channels(soft, self.image_hw, cfg.upsample)
+        if guide is None:
+            raise ValueError('upsample="guided" needs the camera frame: pass guide=')
+        if tuple(np.shape(guide)[:2]) != tuple(self.image_hw):
+            raise ValueError(f"guide {np.shape(guide)[:2]} differs from labels {self.image_hw}")
+        return guided_upsample(soft, guide, cfg.guide_radius, cfg.guide_eps)
 
 
 def propagate_labels(
@@ -129,12 +150,19 @@ def propagate_labels(
     first_labels: np.ndarray,
     config: PropagationConfig | None = None,
     num_labels: int | None = None,
+    guides: Iterable[np.ndarray] | None = None,
 ) -> np.ndarray:
-    """Offline: per-frame features [h,w,C] (frame 0 first), first labels [H,W] -> ids [T,H,W]."""
+    """Offline: per-frame features [h,w,C] (frame 0 first), first labels [H,W] -> ids [T,H,W].
+
+    ``guides``: the camera frames uint8 [H,W,3] (frame 0 first), for ``upsample="guided"``.
+    """
     prop = LabelPropagator(config)
     out = [np.asarray(first_labels).astype(np.int64)]
     it = iter(features)
+    git = iter(guides) if guides is not None else None
     prop.start(next(it), first_labels, num_labels)
+    if git is not None:
+        next(git, None)  # frame 0's labels are given
     for f in it:
-        out.append(prop.step(f))
+        out.append(prop.step(f, next(git) if git is not None else None))
     return np.stack(out)

@@ -17,6 +17,7 @@ every frame and are re-acquired when the global peak is strong enough (re-detect
 ``method='hybrid'``: pyramidal LK (forward-backward checked) moves the point with pixel
 precision; features veto or correct it (jump to a feature mode when it beats the similarity at the
 LK position by ``jump_margin``), decide visibility and re-detect. ``method='lk'``: LK only.
+``method='dis'``: OpenCV DIS dense flow chained frame to frame, forward-backward checked (``dis``).
 """
 
 from __future__ import annotations
@@ -26,9 +27,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .dis import DISConfig, DISFlow, dis_step
 from .lk import LKConfig, lk_step, to_gray
 
-METHODS = ("rvm", "hybrid", "lk")
+METHODS = ("rvm", "hybrid", "lk", "dis")
+IMAGE_ONLY = ("lk", "dis")  # methods that need no features
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,7 @@ class TrackerConfig:
     candidates: int = 3  # local maxima of the window refined besides the predicted position
     jump_margin: float = 0.05  # cosine a distant mode needs over the continuous one (and LK)
     lk: LKConfig = field(default_factory=LKConfig)
+    dis: DISConfig = field(default_factory=DISConfig)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -60,7 +64,7 @@ class TrackState:
     ids: np.ndarray  # [K] int64 persistent ids
     xy: np.ndarray  # [K,2] float64 image pixels (x, y)
     visible: np.ndarray  # [K] bool
-    score: np.ndarray  # [K] float64 match confidence (cosine; LK: 1 / (1 + fb error px))
+    score: np.ndarray  # [K] float64 match confidence (cosine; LK/DIS: 1 / (1 + fb error px))
     age: np.ndarray  # [K] int64 frames since the track was added
 
 
@@ -254,6 +258,7 @@ class PointTracker:
         self._t: np.ndarray | None = None  # [K,C] current templates
         self._frame: _FeatureFrame | None = None
         self._pyr: np.ndarray | None = None
+        self._dis: DISFlow | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -286,7 +291,7 @@ class PointTracker:
         if self.image_hw is None:
             raise ValueError("pass image or image_hw once so grid cells can be mapped to pixels")
         frame = pyr = None
-        if self.config.method != "lk":
+        if self.config.method not in IMAGE_ONLY:
             if features is None:
                 raise ValueError(f"method {self.config.method!r} needs features every frame")
             frame = _FeatureFrame(features, self.config.center)
@@ -347,6 +352,8 @@ class PointTracker:
             method = self.config.method
             if method == "lk":
                 self._update_lk(pyr)
+            elif method == "dis":
+                self._update_dis(pyr)
             else:
                 self._update_features(frame, pyr if method == "hybrid" else None)
             self.age += 1
@@ -360,6 +367,12 @@ class PointTracker:
         self.xy = np.where(moved[:, None], new, self.xy)
         self.visible = ok
         self.score = 1.0 / (1.0 + np.where(moved, fb, np.inf))
+
+    def _update_dis(self, gray: np.ndarray) -> None:
+        if self._dis is None:
+            self._dis = DISFlow(self.config.dis)
+        self.xy, self.visible, fb = dis_step(self._dis, self._pyr, gray, self.xy)
+        self.score = 1.0 / (1.0 + fb)
 
     def _thresholds(self, relative: float, absolute: float) -> np.ndarray:
         ref = np.where(np.isnan(self._ref), 1.0, self._ref)
