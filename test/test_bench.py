@@ -172,3 +172,17 @@ def test_wait_share_counts_threads_present_in_both_reads() -> None:
     assert math.isnan(wait_share({}, {}))
     now = sched_times()
     assert all(run >= 0 and wait >= 0 for run, wait in now.values())
+
+
+def test_transport_counts_are_consistent() -> None:
+    """``bench_transport`` runs a real node process and player; its counts are consistent (no
+    rate is asserted: how many frames arrive is what the benchmark measures)."""
+    pytest.importorskip("rclpy")
+    from rvm_core.bench.node import default_model
+    from rvm_core.bench.transport import bench_transport, format_report
+
+    hw = (120, 160)
+    r = bench_transport(default_model(hw), hw, seconds=2.0, rate=15.0, dds="rvm", qos="sensor")
+    assert r["published"] > 0 and r["node_received"] >= 0, r
+    assert r["processed"] + r["dropped"] + r["rejected"] <= r["node_received"] <= r["published"], r
+    assert "published" in format_report(r).splitlines()[1]

@@ -152,13 +152,15 @@ class _Receiver:
         self.context.try_shutdown()
 
 
-def _play(seconds: float, rate: float, hw: tuple[int, int], env: dict[str, str]) -> Any:
-    """Run the publisher process -> its publish times (array, s)."""
+def play(
+    seconds: float, rate: float, hw: tuple[int, int], env: dict[str, str], topic: str = TOPIC
+) -> Any:
+    """Run the publisher process (random HxW rgb8 frames on ``topic``) -> publish times (s)."""
     import numpy as np
 
-    with tempfile.TemporaryDirectory(prefix="rvm-bench-node-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="rvm-bench-play-") as tmp:
         out = Path(tmp) / "times.npy"
-        cmd = [sys.executable, "-m", "rvm_core.bench.node", "--publish", TOPIC]
+        cmd = [sys.executable, "-m", "rvm_core.bench.node", "--publish", topic]
         cmd += [str(seconds), str(rate), str(hw[0]), str(hw[1]), str(out)]
         subprocess.run(cmd, env=env, check=True, timeout=seconds + 90)
         return np.load(out, allow_pickle=False)
@@ -222,7 +224,7 @@ def bench_node(
     # (b) plain rclpy relay: publisher process -> subscriber here.
     rx = _Receiver(Image, TOPIC)
     try:
-        pub = _play(seconds, rate, hw, env)
+        pub = play(seconds, rate, hw, env)
         time.sleep(0.3)
         out["relay"] = _stats([lat for _, lat in rx.samples])
         out["relay"]["sent"] = len(pub)
@@ -247,13 +249,13 @@ def bench_node(
     try:
         if not rx.wait_for_publisher(features, timeout=60.0):
             raise RuntimeError("rvm_node did not come up (no FeatureMap publisher)")
-        pub = _play(seconds, rate, hw, env)
+        pub = play(seconds, rate, hw, env)
         time.sleep(0.5)
         out["node"] = _stats([lat for _, lat in rx.samples])
         out["node"]["sent"] = len(pub)
         # Sustained fps: frames published faster than the node can process them.
         rx.samples.clear()
-        pub = _play(seconds, max_rate, hw, env)
+        pub = play(seconds, max_rate, hw, env)
         got = np.array([t for t, _ in rx.samples if pub[0] <= t <= pub[-1]])
         span = pub[-1] - pub[0]
         out["fps"] = len(got) / span if span > 0 else float("nan")

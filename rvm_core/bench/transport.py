@@ -19,7 +19,6 @@ import argparse
 import os
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -89,18 +88,6 @@ class _Counter:
         self.context.try_shutdown()
 
 
-def _play(seconds: float, rate: float, hw: tuple[int, int], env: dict[str, str]) -> int:
-    """The player process (``rvm_core.bench.node --publish``) -> number of frames published."""
-    import numpy as np
-
-    with tempfile.TemporaryDirectory(prefix="rvm-bench-transport-") as tmp:
-        out = Path(tmp) / "times.npy"
-        cmd = [sys.executable, "-m", "rvm_core.bench.node", "--publish", TOPIC]
-        cmd += [str(seconds), str(rate), str(hw[0]), str(hw[1]), str(out)]
-        subprocess.run(cmd, env=env, check=True, timeout=seconds + 90)
-        return len(np.load(out, allow_pickle=False))
-
-
 def bench_transport(
     model: Path,
     hw: tuple[int, int],
@@ -115,6 +102,8 @@ def bench_transport(
     from rclpy.qos import QoSProfile, ReliabilityPolicy
 
     from rvm_ros.node import INPUT_QOS
+
+    from .node import play
 
     env = _env(dds)
     os.environ.update({k: env[k] for k in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE")})
@@ -143,7 +132,7 @@ def bench_transport(
     try:
         if not counter.wait_for_node():
             raise RuntimeError("rvm_node did not come up (no subscriber on the camera topic)")
-        published = _play(seconds, rate, hw, env)
+        published = len(play(seconds, rate, hw, env, TOPIC))
         time.sleep(2.5)  # the last frames through the node, then one more diagnostics report
         d = counter.diagnostics
         return {
