@@ -114,6 +114,11 @@ class ModelInfo:
     input_hw: tuple[int, int] | None  # the graph's fixed camera size (H, W)
 
 
+def _reason(exc: BaseException) -> str:
+    """The first line of an exception's message (its type name if it has none)."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
 def load_runtime(
     path: str,
     device: str,
@@ -144,8 +149,7 @@ def load_runtime(
             streams=tuple(streams) or ("default",),
         )
     except Exception as exc:  # onnxruntime raises several types; one line is all we show
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ModelLoadError(f"cannot load model '{path}': {reason[:300]}") from exc
+        raise ModelLoadError(f"cannot load model '{path}': {_reason(exc)[:300]}") from exc
     return runtime, model_info(runtime)
 
 
@@ -170,9 +174,13 @@ def model_info(runtime: Any) -> ModelInfo:
 
 
 def _descriptor(
-    text: str, lo: float | None = None, hi: float | None = None, integer: bool = False
+    text: str,
+    lo: float | None = None,
+    hi: float | None = None,
+    integer: bool = False,
+    read_only: bool = False,
 ) -> ParameterDescriptor:
-    d = ParameterDescriptor(description=text)
+    d = ParameterDescriptor(description=text, read_only=read_only)
     if lo is not None:
         if integer:
             d.integer_range = [IntegerRange(from_value=int(lo), to_value=int(hi), step=1)]
@@ -180,6 +188,10 @@ def _descriptor(
             d.floating_point_range = [FloatingPointRange(from_value=lo, to_value=hi, step=0.0)]
     return d
 
+
+# Read once when the node is constructed (the diagnostics timer runs in every lifecycle state),
+# so they are read-only: a later set would silently do nothing.
+_STARTUP_ONLY = frozenset({"autostart", "diagnostics.period_sec"})
 
 # name -> (default, description, (lo, hi) or None). Mirrored in config/rvm.yaml (tested).
 PARAMETERS: dict[str, tuple[Any, str, tuple[float, float] | None]] = {
@@ -289,8 +301,9 @@ class _Camera:
 class RVMNode(LifecycleNode):
     """The RVM perception node; ``runtime`` may be injected (tests), else loaded from model_path.
 
-    Raises ``ModelLoadError``/``ValueError`` from the constructor when ``autostart`` is set and
-    the configuration fails (the error is also reported on /diagnostics).
+    Raises from the constructor when ``autostart`` is set and configuring or activating fails
+    (``ModelLoadError``/``ValueError`` for a bad model or parameter, ``RuntimeError``
+    otherwise; the reason is also reported on /diagnostics).
     """
 
     def __init__(self, runtime: Any = None, node_name: str = NODE_NAME, **kwargs: Any) -> None:
@@ -307,7 +320,9 @@ class RVMNode(LifecycleNode):
         for name, (default, text, rng) in PARAMETERS.items():
             integer = isinstance(default, int) and not isinstance(default, bool)
             lo, hi = rng if rng else (None, None)
-            self.declare_parameter(name, default, _descriptor(text, lo, hi, integer))
+            self.declare_parameter(
+                name, default, _descriptor(text, lo, hi, integer, name in _STARTUP_ONLY)
+            )
         self._injected_runtime = runtime
         self.runtime: Any = None
         self.model: ModelInfo | None = None
@@ -330,7 +345,8 @@ class RVMNode(LifecycleNode):
         if self._autostarting:
             if self.trigger_configure() != TransitionCallbackReturn.SUCCESS:
                 raise self._config_error or RuntimeError(self.error)
-            self.trigger_activate()
+            if self.trigger_activate() != TransitionCallbackReturn.SUCCESS:
+                raise RuntimeError(f"activate failed: {self.error}")
         self._autostarting = False
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -339,11 +355,12 @@ class RVMNode(LifecycleNode):
         self._config_error = None
         try:
             self._configure()
-        except (ModelLoadError, ValueError) as exc:
+        # Anything: rclpy would swallow an exception from a transition callback unlogged.
+        except Exception as exc:
             self._release()
-            self._config_error, self.error = exc, str(exc)
+            self._config_error, self.error = exc, _reason(exc)
             if not self._autostarting:  # else the constructor raises it (main prints one line)
-                self.get_logger().error(f"configure failed: {exc}")
+                self.get_logger().error(f"configure failed: {self.error}")
             return TransitionCallbackReturn.FAILURE
         self.error = ""
         self.state = "inactive"
@@ -358,15 +375,28 @@ class RVMNode(LifecycleNode):
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Publish and subscribe; start the worker."""
+        if self._worker is not None:  # a step outlived the last deactivate: one worker only
+            return self._activate_failed("the previous worker is still running")
         ret = super().on_activate(state)  # the lifecycle publishers first: no output is lost
         self._stop.clear()
         self._worker = threading.Thread(target=self._work, name="rvm_worker", daemon=True)
         self._worker.start()
-        for cam in self.cameras:
-            cam.subscription = self._subscribe(cam)
+        try:
+            for cam in self.cameras:
+                cam.subscription = self._subscribe(cam)
+        except Exception as exc:  # e.g. an invalid qos_overrides value
+            self._deactivate()
+            super().on_deactivate(state)
+            return self._activate_failed(_reason(exc))
         self.state = "active"
         self.get_logger().info("active")
         return ret
+
+    def _activate_failed(self, reason: str) -> TransitionCallbackReturn:
+        self.error = reason
+        if not self._autostarting:  # else the constructor raises it (main prints one line)
+            self.get_logger().error(f"activate failed: {reason}")
+        return TransitionCallbackReturn.FAILURE
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Unsubscribe and stop publishing; model and camera states are kept."""
@@ -400,6 +430,7 @@ class RVMNode(LifecycleNode):
         for name, allowed in _ENUMS.items():
             if p[name] not in allowed:
                 raise ValueError(f"parameter {name}={p[name]!r}: choose from {allowed}")
+        self._check_distinct_cameras(p["image_topics"])
         self.params = p
         runtime = self._injected_runtime
         path = ""
@@ -451,9 +482,12 @@ class RVMNode(LifecycleNode):
                 cam.subscription = None
         self._stop.set()
         self._wake.set()
-        if self._worker is not None and self._worker.is_alive():
-            self._worker.join(timeout=5.0)
-        self._worker = None
+        if self._worker is not None:
+            self._worker.join(timeout=10.0)
+            if self._worker.is_alive():  # a step hung: kept, so activate refuses a second one
+                self.get_logger().error("the worker did not stop within 10 s")
+            else:
+                self._worker = None
         for cam in self.cameras:
             cam.pipeline.take()
 
@@ -468,6 +502,10 @@ class RVMNode(LifecycleNode):
                 self.destroy_timer(handle)
         self._entities.clear()
         self.cameras = []
+        if self.runtime is not None and self._injected_runtime is None:
+            close = getattr(self.runtime, "close", None)
+            if close is not None:  # its run thread (and GPU session) go now, not at GC
+                close()
         self.runtime = self.model = self.info = None
 
     # -- setup ---------------------------------------------------------------------------------
@@ -475,12 +513,27 @@ class RVMNode(LifecycleNode):
         """The runtime stream of a camera topic: its fully resolved name."""
         return self.resolve_topic_name(topic)
 
+    def _camera_base(self, topic: str) -> str:
+        """Where a camera's outputs live: its resolved topic without ``/compressed``."""
+        return self._stream_name(topic).removesuffix("/compressed")
+
+    def _check_distinct_cameras(self, topics: Sequence[str]) -> None:
+        """Two topics of one camera would share its recurrent state, outputs and services."""
+        seen: dict[str, str] = {}
+        for topic in topics:
+            base = self._camera_base(topic)
+            if base in seen:
+                raise ValueError(
+                    f"image_topics {seen[base]!r} and {topic!r} are one camera: {base}"
+                )
+            seen[base] = topic
+
     def _add_camera(self, topic: str) -> None:
         from rvm_ros.visualize import PCAColorizer
 
-        compressed = topic.rstrip("/").endswith("/compressed")
         name = self._stream_name(topic)
-        base = name[: -len("/compressed")] if compressed else name
+        base = self._camera_base(topic)
+        compressed = base != name
         pipeline = CameraPipeline(
             name, self.runtime, self.pipeline_config, self.model.input_hw, warn=self._warn
         )
@@ -816,8 +869,8 @@ def main(args: list[str] | None = None) -> int:
     node = None
     try:
         node = RVMNode()
-    except (ModelLoadError, ValueError) as exc:
-        print(f"rvm_node: error: {exc}", file=sys.stderr)
+    except Exception as exc:  # configure/activate failed: one line, not a traceback
+        print(f"rvm_node: error: {_reason(exc)}", file=sys.stderr)
         rclpy.try_shutdown()
         return 1
     try:

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from builtin_interfaces.msg import Time
+from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
@@ -974,5 +975,56 @@ def test_configure_creates_each_camera_stream_in_the_runtime(rclpy_context, mode
         assert node.runtime.streams == ["/front/image", "/rear/image"]
         assert [node.runtime.frames(s) for s in node.runtime.streams] == [0, 0]
         assert [c.pipeline.name for c in node.cameras] == node.runtime.streams
+    finally:
+        node.destroy_node()
+
+
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["-p", "image_topics:=['1 bad']"], "rvm_node: error: "),
+        (["-p", "image_topics:=[image, /image]"], "are one camera: /image"),
+        (["-p", "image_topics:=[cam/image, cam/image/compressed]"], "are one camera: /cam/image"),
+        (
+            [
+                "-p",
+                "image_topics:=[/q/image]",
+                "-p",
+                "qos_overrides./q/image.subscription.reliability:=bogus",
+            ],
+            "rvm_node: error: activate failed: ",
+        ),
+    ],
+)
+def test_bad_start_parameters_exit_with_one_line(model64, args, says):
+    """Configure and activate failures of any kind end the node with one line, no traceback."""
+    proc = _run_node("-p", f"model_path:={model64}", *args)
+    out = proc.stdout + proc.stderr
+    errors = [line for line in out.splitlines() if not line.startswith("[INFO]")]
+    assert proc.returncode != 0 and "Traceback" not in out
+    assert len(errors) == 1 and says in errors[0] and errors[0].startswith("rvm_node: error: "), out
+
+
+def test_cleanup_closes_the_runtime_it_loaded(rclpy_context, model64):
+    """A node that loaded its runtime closes it on cleanup (its run thread ends then, not at
+    garbage collection); a failed activate leaves the node inactive and reconfigurable."""
+    node = RVMNode(
+        context=rclpy_context,
+        parameter_overrides=[
+            Parameter("model_path", value=str(model64)),
+            Parameter("image_topics", value=["/closing/image"]),
+        ],
+    )
+    try:
+        runtime = node.runtime
+        frame = np.zeros((64, 64, 3), np.uint8)
+        runtime.step(frame, "/closing/image")
+        assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
+        assert node.trigger_cleanup() == TransitionCallbackReturn.SUCCESS
+        assert node.runtime is None
+        with pytest.raises(RuntimeError):
+            runtime.step(frame, "/closing/image")
+        assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+        assert node.runtime is not runtime
     finally:
         node.destroy_node()
