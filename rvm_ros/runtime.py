@@ -442,12 +442,15 @@ class RVMRuntime:
             self._streams = {}
 
     def __enter__(self) -> RVMRuntime:
+        """``with RVMRuntime(...) as rt:`` closes the runtime on leaving the block."""
         return self
 
     def __exit__(self, *exc: object) -> None:
+        """Close the runtime (exceptions propagate)."""
         self.close()
 
     def _check_open(self) -> None:
+        """Raise the one-line error of a closed runtime."""
         if self._closed:
             raise RuntimeError("runtime is closed")
 
