@@ -159,9 +159,9 @@ def _check_stream_name(name: Any) -> None:
         raise ValueError(f"stream name must be a non-empty string, got {name!r}")
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else repr(exc)
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type name if the message is empty)."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -312,23 +312,32 @@ class RVMRuntime:
         )
         self._warmup_arg = warmup
         self._lock = threading.Lock()
+        self._closed = False
         self._runner = _Runner()
         self.attempts: list[Attempt] = []
+        try:
+            self._try_chain(chain, streams)
+        except BaseException:
+            self.close()  # the run thread may already have started (a GPU setup's first runs)
+            raise
+        self._log_fallback(device)
+
+    def _try_chain(self, chain: list[str], streams: tuple[str, ...] | list[str]) -> None:
+        """Open the first setup of ``chain`` that works, recording every attempt."""
         for setup in chain:
             if setup == "cpu":  # the last resort: its errors (a broken model file) propagate
                 self._open(setup, streams)
                 self.attempts.append(Attempt(setup, None))
-                break
+                return
             reason = next((r for r in map(provider_library_error, _SETUPS[setup][2]) if r), None)
             if reason is None:
                 try:
                     self._open(setup, streams)
                 except Exception as exc:  # ORT raises several types; the first line says why
-                    reason = _first_line(exc)
+                    reason = first_line(exc)
             self.attempts.append(Attempt(setup, reason))
             if reason is None:
-                break
-        self._log_fallback(device)
+                return
 
     # -- session -------------------------------------------------------------------------------
     def _session_options(self) -> ort.SessionOptions:
@@ -343,8 +352,7 @@ class RVMRuntime:
             so.inter_op_num_threads = 1
         if not self._options["spin"]:
             # Idle ORT threads otherwise busy-wait between runs and starve the node's executor,
-            # tracker and decoder threads on small machines (measured: 44 -> 26 ms per step
-            # with a tracker running beside it on 2 cores).
+            # tracker and decoder threads on small machines (docs/runtime.md has the numbers).
             so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         return so
 
@@ -402,7 +410,8 @@ class RVMRuntime:
         self.session = session
         self.device = "cuda" if setup.startswith("cuda") else setup
         self.cuda_graph = setup == "cuda+graphs"
-        self.ort_device = "cpu" if self.device == "cpu" else "cuda"
+        # Where the bound buffers live: the device of the EP that runs the graph.
+        self.ort_device = "cpu" if session.get_providers()[0] == "CPUExecutionProvider" else "cuda"
         self.metadata = ModelMetadata.from_props(session.get_modelmeta().custom_metadata_map)
         self.warmup = self.metadata.warmup_steps if self._warmup_arg is None else self._warmup_arg
         self._zero_state = np.zeros(self.metadata.state_shape, np.float32)
@@ -425,8 +434,25 @@ class RVMRuntime:
         log.log(level, "rvm runtime: %s unavailable (%s); using %s", what, "; ".join(reasons), used)
 
     def close(self) -> None:
-        """Stop the runtime's run thread (the session is freed with the object)."""
-        self._runner.close()
+        """Stop the run thread and free the session and stream buffers; later calls are no-ops."""
+        with self._lock:  # waits for a step in progress
+            self._closed = True
+            self._runner.close()
+            self.session = None
+            self._streams = {}
+
+    def __enter__(self) -> RVMRuntime:
+        """``with RVMRuntime(...) as rt:`` closes the runtime on leaving the block."""
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """Close the runtime (exceptions propagate)."""
+        self.close()
+
+    def _check_open(self) -> None:
+        """Raise the one-line error of a closed runtime."""
+        if self._closed:
+            raise RuntimeError("runtime is closed")
 
     # -- streams -------------------------------------------------------------------------------
     @property
@@ -437,6 +463,7 @@ class RVMRuntime:
     def stream(self, name: str = "default") -> StreamHandle:
         """A handle on stream ``name`` (its buffers are created here if new)."""
         with self._lock:
+            self._check_open()
             self._get_stream(name)
         return StreamHandle(self, name)
 
@@ -479,8 +506,9 @@ class RVMRuntime:
     # -- streaming -----------------------------------------------------------------------------
     def step(self, image: np.ndarray, stream: str = "default") -> np.ndarray:
         """uint8 [H,W,3] RGB frame -> features [D,h,w] of ``stream`` (its state advances)."""
-        frame = self._check_image(image)
         with self._lock:
+            self._check_open()
+            frame = self._check_image(image)
             s = self._get_stream(stream)
             s.image.update_inplace(frame)  # copy into the bound (device) buffer
             self._runner(self._run, s, 1 + (self.warmup if s.frames == 0 else 0))
@@ -499,6 +527,7 @@ class RVMRuntime:
     def reset(self, stream: str | None = None) -> None:
         """Zero the state of ``stream`` (all streams if None), in place: no graph recapture."""
         with self._lock:
+            self._check_open()
             names = list(self._streams) if stream is None else [stream]
             for name in names:
                 s = self._streams.get(name)

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import statistics
+import threading
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,7 @@ import torch
 from rvm_core.bench import gpu_check
 from rvm_core.bench.gpu_check import ORT_ROWS, TORCH_ROWS, Plan, Row
 from rvm_core.cli import main
+from rvm_ros import runtime as runtime_module
 
 # A small model at the check's 256x256 input: the functions are the GPU check's, not copies.
 SMALL = dict(
@@ -90,8 +93,38 @@ def test_train_flops_are_counted_without_compute() -> None:
     assert 4e11 < flops < 8e11  # ~3 x 8 frames x 19 GFLOP + the decoder
 
 
+def _runtime_threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name.startswith("rvm-ort")}
+
+
 def test_ort_step_runs_the_deployed_runtime(tmp_path: Path) -> None:
+    before = _runtime_threads()
     path = gpu_check.export_step(str(tmp_path / "t.onnx"), "tiny", **SMALL)
     r = gpu_check.ort_step(path, "tiny", "cpu", 2, 2, overrides=SMALL, threads=1)
     assert r["device"] == "cpu" and r["cuda_graph"] is False
     assert r["diff"] <= gpu_check.FP32_BOUND and r["ms"] > 0
+    # The runtime is closed, also when the measurement raises (no timed steps: no median).
+    with pytest.raises(statistics.StatisticsError):
+        gpu_check.ort_step(path, "tiny", "cpu", 2, 0, overrides=SMALL, threads=1)
+    assert _runtime_threads() == before
+
+
+def test_ort_rows_run_on_the_torch_rows_gpu(monkeypatch) -> None:
+    calls: list[tuple[str, dict]] = []
+
+    def ort_step(path: str, model: str, device: str, *args: object, **options: object) -> dict:
+        calls.append((device, options))
+        graphs = device == "cuda" and options.get("cuda_graph", True)
+        return dict(device=device, cuda_graph=graphs, attempts=[], diff=0.0, ms=1.0)
+
+    monkeypatch.setattr(gpu_check, "torch_cuda_reason", lambda: "torch 0 is a CPU build")
+    monkeypatch.setattr(gpu_check, "ort_cuda_reason", lambda: None)
+    monkeypatch.setattr(runtime_module, "provider_library_error", lambda name: None)
+    monkeypatch.setattr(gpu_check, "export_step", lambda path, name: Path(path).touch())
+    monkeypatch.setattr(gpu_check, "ort_step", ort_step)
+    rows, _ = gpu_check.run_checks(Plan.quick(), "cuda:1")
+    assert [d for d, _ in calls] == ["cuda", "cuda", "tensorrt"]
+    assert all(options["device_id"] == 1 for _, options in calls)
+    assert {r.check: r.status for r in rows if r.check in ORT_ROWS} == dict.fromkeys(
+        ORT_ROWS, "pass"
+    )

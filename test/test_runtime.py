@@ -19,7 +19,8 @@ from rvm_core.cli import main
 from rvm_core.export import export_onnx
 from rvm_core.preprocess import to_model_input
 from rvm_core.readout.features import ModelFeatures
-from rvm_ros.runtime import RVMRuntime, fallback_chain, graph_id
+from rvm_ros import runtime as runtime_module
+from rvm_ros.runtime import Attempt, RVMRuntime, fallback_chain, first_line, graph_id
 
 SMALL = dict(
     patch_size=8,
@@ -173,8 +174,10 @@ def test_fp16_features_dtype(model, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("device", ["cuda", "tensorrt", "auto"])
 def test_gpu_unavailable_falls_back_through_the_chain_with_one_line(
-    onnx_path: Path, device: str, caplog, capfd
+    onnx_path: Path, device: str, caplog, capfd, monkeypatch
 ) -> None:
+    monkeypatch.setattr(_RecordingSession, "kwargs", [])
+    monkeypatch.setattr(ort, "InferenceSession", _RecordingSession)
     with caplog.at_level(logging.INFO, logger="rvm_ros.runtime"):
         rt = RVMRuntime(onnx_path, device=device)
     if rt.device != "cpu":
@@ -183,7 +186,9 @@ def test_gpu_unavailable_falls_back_through_the_chain_with_one_line(
     assert [a.setup for a in rt.attempts] == fallback_chain(device)
     assert all(a.reason for a in rt.attempts[:-1]) and rt.attempts[-1].reason is None
     # ORT's own constructor fallback (banner on stdout, rebuild on its providers) is off.
-    assert rt.session._enable_fallback is False
+    assert _RecordingSession.kwargs and all(
+        kw.get("enable_fallback") == 0 for kw in _RecordingSession.kwargs
+    )
     records = [r for r in caplog.records if r.name == "rvm_ros.runtime"]
     assert len(records) == 1
     assert records[0].levelno == (logging.INFO if device == "auto" else logging.WARNING)
@@ -206,9 +211,15 @@ def test_fallback_chain_order() -> None:
 
 
 class _RecordingSession(ort.InferenceSession):
-    """The real ORT session; records which binding ran on which thread."""
+    """The real ORT session; records its keyword arguments and which binding ran on which
+    thread."""
 
     runs: list[tuple[int, int]] = []
+    kwargs: list[dict] = []
+
+    def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
+        type(self).kwargs.append(kwargs)
+        super().__init__(*args, **kwargs)
 
     def run_with_iobinding(self, iobinding, run_options=None) -> None:  # noqa: ANN001
         type(self).runs.append((id(iobinding), threading.get_ident()))
@@ -302,3 +313,149 @@ def test_bench_runtime_quick(capsys) -> None:
     assert main(["bench", "runtime", "--quick", "--sizes", "tiny"]) == 0
     out = capsys.readouterr().out
     assert "GEMM fp32 GFLOP/s" in out and "tiny-quick" in out and "ratio" in out
+
+
+# -- the GPU setups' chain logic, steered onto CPU sessions --------------------------------------
+CAPTURE_ERROR = "CUDA failure 900: operation not permitted when stream is capturing\nmore detail"
+
+
+@pytest.fixture
+def gpu_setups_on_cpu(monkeypatch) -> list[tuple[bool, str]]:
+    """Make the "cuda+graphs" and "cuda" setups build real CPU sessions: their libraries "load"
+    and their provider list is the CPU EP. Returns the first-run log (cuda_graph, stream)."""
+    monkeypatch.setattr(runtime_module, "provider_library_error", lambda name: None)
+    monkeypatch.setattr(RVMRuntime, "_providers", lambda self, setup: ["CPUExecutionProvider"])
+    for setup in ("cuda+graphs", "cuda"):
+        name, _, libs = runtime_module._SETUPS[setup]
+        monkeypatch.setitem(runtime_module._SETUPS, setup, (name, "CPUExecutionProvider", libs))
+    first_runs: list[tuple[bool, str]] = []
+    real = RVMRuntime._first_runs
+
+    def recording(self: RVMRuntime, s) -> None:  # noqa: ANN001
+        first_runs.append((self.cuda_graph, s.name))
+        real(self, s)
+
+    monkeypatch.setattr(RVMRuntime, "_first_runs", recording)
+    return first_runs
+
+
+def _fail_first_runs(monkeypatch, when) -> None:  # noqa: ANN001
+    """Make a setup's first runs raise (as a refused CUDA-graph capture does) where ``when``."""
+    real = RVMRuntime._first_runs
+
+    def failing(self: RVMRuntime, s) -> None:  # noqa: ANN001
+        real(self, s)
+        if when(self):
+            raise RuntimeError(CAPTURE_ERROR)
+
+    monkeypatch.setattr(RVMRuntime, "_first_runs", failing)
+
+
+def test_a_refused_graph_capture_lands_on_cuda_without_graphs(
+    onnx_path: Path, model, gpu_setups_on_cpu, monkeypatch, caplog
+) -> None:
+    _fail_first_runs(monkeypatch, lambda rt: rt.cuda_graph)
+    monkeypatch.setattr(_RecordingSession, "kwargs", [])
+    monkeypatch.setattr(ort, "InferenceSession", _RecordingSession)
+    with caplog.at_level(logging.INFO, logger="rvm_ros.runtime"):
+        rt = RVMRuntime(onnx_path, device="cuda", threads=1, streams=("a", "b"))
+    reason = CAPTURE_ERROR.splitlines()[0]
+    assert rt.attempts == [Attempt("cuda+graphs", reason), Attempt("cuda", None)]
+    assert rt.device == "cuda" and not rt.cuda_graph
+    # graphs: stream "a" failed at its first runs; cuda: both streams ran, each once
+    assert gpu_setups_on_cpu == [(True, "a"), (False, "a"), (False, "b")]
+    assert [kw["enable_fallback"] for kw in _RecordingSession.kwargs] == [0, 0]
+    records = [r for r in caplog.records if r.name == "rvm_ros.runtime"]
+    assert len(records) == 1 and records[0].levelno == logging.WARNING
+    assert records[0].getMessage() == (
+        f"rvm runtime: cuda with CUDA graphs unavailable ({reason}); using cuda without CUDA graphs"
+    )
+    for name in ("a", "b"):
+        s = rt._streams[name]
+        assert s.parity == 0 and s.frames == 0
+        assert all(not st.numpy().any() for st in s.states)
+        for ro in s.run_options:  # no graph id: these runs capture nothing
+            with pytest.raises(RuntimeError, match="does not have configuration"):
+                ro.get_run_config_entry("gpu_graph_id")
+    frames = _frames(2, seed=7)
+    for r, f in zip(_torch_features(model, frames), frames):
+        assert np.abs(rt.step(f, "b") - r).max() <= TOL
+    rt.close()
+
+
+def test_graph_setup_gives_every_binding_its_own_graph_id(
+    onnx_path: Path, gpu_setups_on_cpu
+) -> None:
+    with RVMRuntime(onnx_path, device="cuda", threads=1, streams=("a", "b")) as rt:
+        assert rt.attempts == [Attempt("cuda+graphs", None)] and rt.cuda_graph
+        rt.stream("c")
+        ids = []
+        for index, name in enumerate(("a", "b", "c")):
+            for parity, ro in enumerate(rt._streams[name].run_options):
+                assert ro.get_run_config_entry("gpu_graph_id") == str(graph_id(index, parity))
+                ids.append(int(ro.get_run_config_entry("gpu_graph_id")))
+        assert ids == list(range(1, 7))  # from 1, never repeated across streams
+        assert rt.step(_frames(1, seed=8)[0], "b").shape == (32, 8, 8)
+
+
+def test_cuda_libraries_are_preloaded_before_the_library_check(monkeypatch) -> None:
+    calls: list[str] = []
+    real_cdll = runtime_module.ctypes.CDLL
+    monkeypatch.setattr(ort, "preload_dlls", lambda *a, **k: calls.append("preload"))
+    monkeypatch.setattr(
+        runtime_module.ctypes, "CDLL", lambda path, *a, **k: calls.append(path) or real_cdll(path)
+    )
+    runtime_module._preload_cuda_libraries.cache_clear()
+    try:
+        runtime_module.provider_library_error("cuda")
+        runtime_module.provider_library_error("cuda")
+    finally:
+        runtime_module._preload_cuda_libraries.cache_clear()
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("this onnxruntime build has no CUDA EP: nothing is preloaded or loaded")
+    lib = str(Path(ort.__file__).parent / "capi" / "libonnxruntime_providers_cuda.so")
+    # once per process, before the first provider-library load (other layouts load nothing)
+    assert calls == (["preload", lib, lib] if Path(lib).is_file() else ["preload"])
+
+
+def _runtime_threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name.startswith("rvm-ort")}
+
+
+def test_a_failed_construction_leaves_no_run_thread(
+    onnx_path: Path, tmp_path: Path, gpu_setups_on_cpu, monkeypatch
+) -> None:
+    before = _runtime_threads()
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not an onnx model")
+    with pytest.raises(Exception, match="(?i)protobuf|load model"):
+        RVMRuntime(bad, device="cuda")  # every session fails before a run: no thread started
+    assert _runtime_threads() == before
+    # Every setup's first runs fail: the run thread had started, the CPU error propagates.
+    _fail_first_runs(monkeypatch, lambda rt: True)
+    with pytest.raises(RuntimeError, match="CUDA failure 900"):
+        RVMRuntime(onnx_path, device="cuda", threads=1)
+    assert [s for s, _ in gpu_setups_on_cpu] == [True, False, False]  # graphs, cuda, cpu ran
+    assert _runtime_threads() == before
+
+
+def test_close_stops_the_thread_and_frees_the_session(onnx_path: Path) -> None:
+    before = _runtime_threads()
+    rt = RVMRuntime(onnx_path, device="cpu", threads=1)
+    assert len(_runtime_threads() - before) == 1  # the first runs started it
+    rt.close()
+    rt.close()  # a no-op the second time
+    assert _runtime_threads() == before
+    assert rt.session is None and rt.streams == []
+    for call in (lambda: rt.step(_frames(1, seed=0)[0]), rt.reset, lambda: rt.stream("x")):
+        with pytest.raises(RuntimeError) as info:
+            call()
+        assert str(info.value) == "runtime is closed"
+    with RVMRuntime(onnx_path, device="cpu", threads=1) as rt2:
+        rt2.step(_frames(1, seed=0)[0])
+    assert rt2.session is None and _runtime_threads() == before
+
+
+def test_first_line() -> None:
+    assert first_line(RuntimeError("  one\ntwo\n")) == "one"
+    assert first_line(ValueError()) == "ValueError"

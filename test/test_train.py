@@ -475,3 +475,35 @@ def test_xla_step(tmp_path: Path, data_dirs) -> None:
     path = write_config(tmp_path, data_dirs, run={"device": "xla", "steps": 3, "save_every": 3})
     summary = train(load_config(path))
     assert summary["steps"] == 3 and all(np.isfinite(summary["loss"]))
+
+
+def test_xla_branch_reads_the_host_only_every_log_every_steps(
+    tmp_path: Path, data_dirs, monkeypatch
+) -> None:
+    """The loop's XLA branch on the CPU (graph cut and device loader stubbed): loss and grad norm
+    are read in batches at log/save/last steps, and the run equals the plain CPU run."""
+    from rvm_core.train import loop
+
+    run = {"steps": 7, "log_every": 3, "save_every": 5}
+    ref = train(load_config(write_config(_mkdir(tmp_path / "cpu"), data_dirs, run=run)))
+    cuts: list[int] = []
+    reads: list[int] = []
+    scalar = loop._scalar
+    monkeypatch.setattr(DistEnv, "is_xla", property(lambda self: True))
+    monkeypatch.setattr(loop, "mark_step", lambda env: cuts.append(1))
+    monkeypatch.setattr(loop, "device_loader", lambda loader, env: loader)
+    monkeypatch.setattr(loop, "_scalar", lambda x: reads.append(len(cuts)) or scalar(x))
+    got = train(load_config(write_config(_mkdir(tmp_path / "xla"), data_dirs, run=run)))
+    # One read per step, each made after the cut of the step it was batched at: 3 (log), 5
+    # (save), 6 (log), 7 (last); never right after its own step's cut otherwise.
+    assert reads == [3, 3, 3, 5, 5, 6, 7]
+    assert got["steps"] == 7 and got["loss"] == ref["loss"]
+    run_dir = Path(got["run_dir"])
+    assert [r["loss"] for r in read_metrics(run_dir)] == ref["loss"]
+    with safe_open(str(run_dir / "ckpt_00000005" / STATE_FILE), framework="pt") as f:
+        assert f.metadata()["step"] == "5"  # saved after the read of steps 4 and 5
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir()
+    return path

@@ -1,6 +1,6 @@
 """``rvm check-gpu`` / ``make gpu-check``: the GPU paths checked once, one table out.
 
-Rows, each run on the first CUDA device or skipped with the reason:
+Rows, each run on the ``--device`` GPU (default the first) or skipped with the reason:
 
 * torch CUDA vs CPU parity of RVM-S streamed over a few frames: fp32 with TF32 off (max |diff|
   <= 1e-4) and bf16 autocast (max |diff| <= 5% of the largest |feature|: bf16 keeps 8
@@ -18,8 +18,8 @@ Rows, each run on the first CUDA device or skipped with the reason:
 Statuses: ``pass`` / ``FAIL`` (a bound was checked), ``ran`` (a measurement without a bound),
 ``skip`` (did not run; the last column says why). Exit status 1 if any row FAILs. Everything
 is local: no network, random weights (speed and parity do not depend on them). Sized to
-finish in under 8 minutes on one GPU (an estimate: it has not run on one yet); the ONNX export
-of S on the CPU and the TensorRT engine build should be the longest parts.
+finish in under 8 minutes on one GPU, most of it the ONNX export of S on the CPU and the
+TensorRT engine build.
 
 The check is self-contained (this module imports nothing from the other benchmarks), and its
 measurement functions take a ``device`` so that the CPU tests run the same code.
@@ -308,7 +308,8 @@ def ort_step(
 ) -> dict[str, Any]:
     """The exported step through ``RVMRuntime``: setup used, max |diff| vs PyTorch CPU, ms.
 
-    ``overrides``: the config overrides the file was exported with (the reference model).
+    ``overrides``: the config overrides the file was exported with (the reference model);
+    ``options`` go to ``RVMRuntime`` (``device_id``, ``cuda_graph``, ...).
     """
     import numpy as np
     import torch
@@ -317,30 +318,26 @@ def ort_step(
 
     from ..preprocess import to_model_input
 
-    rt = RVMRuntime(onnx_path, device=device, warmup=0, tf32=False, **options)
     rng = np.random.default_rng(0)
     video = rng.integers(0, 256, (frames, *SIZE, 3), dtype=np.uint8)
     x = torch.stack([to_model_input(torch.from_numpy(f)[None], SIZE) for f in video])
-    ref = [
-        f[0, 1:].T.reshape(-1, *rt.metadata.grid)
-        for f in stream_features(random_model(model_name, "cpu", **(overrides or {})), x)
-    ]
-    got = [rt.step(f) for f in video]
-    diff = max(float(np.abs(g.astype(np.float32) - r.numpy()).max()) for g, r in zip(got, ref))
-    times = []
-    for _ in range(iters + 3):
-        t0 = time.perf_counter()
-        rt.step(video[0])
-        times.append(time.perf_counter() - t0)
-    result = {
-        "device": rt.device,
-        "cuda_graph": rt.cuda_graph,
-        "attempts": rt.attempts,
-        "diff": diff,
-        "ms": 1e3 * statistics.median(times[3:]),
-    }
-    rt.close()
-    return result
+    reference = stream_features(random_model(model_name, "cpu", **(overrides or {})), x)
+    with RVMRuntime(onnx_path, device=device, warmup=0, tf32=False, **options) as rt:
+        ref = [f[0, 1:].T.reshape(-1, *rt.metadata.grid) for f in reference]
+        got = [rt.step(f) for f in video]
+        diff = max(float(np.abs(g.astype(np.float32) - r.numpy()).max()) for g, r in zip(got, ref))
+        times = []
+        for _ in range(iters + 3):
+            t0 = time.perf_counter()
+            rt.step(video[0])
+            times.append(time.perf_counter() - t0)
+        return {
+            "device": rt.device,
+            "cuda_graph": rt.cuda_graph,
+            "attempts": rt.attempts,
+            "diff": diff,
+            "ms": 1e3 * statistics.median(times[3:]),
+        }
 
 
 # -- the table ----------------------------------------------------------------------------------
@@ -354,8 +351,10 @@ def _guard(rows: list[Row], check: str, fn: Callable[[], list[Row]]) -> None:
     try:
         rows.extend(fn())
     except Exception as exc:  # every check reports, whatever broke
+        from rvm_ros.runtime import first_line
+
         last = traceback.extract_tb(exc.__traceback__)[-1]
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        reason = first_line(exc)[:160]
         rows.append(Row(check, "FAIL", "", f"{type(exc).__name__}: {reason} ({last.name})"))
 
 
@@ -414,7 +413,7 @@ def run_checks(plan: Plan, device: str = "cuda") -> tuple[list[Row], list[str]]:
     if ort_reason is None and reason is not None and "CPU build" not in reason:
         ort_reason = reason  # the libraries load, but there is no device to run on
     if ort_reason is None:
-        _ort_rows(rows, plan)
+        _ort_rows(rows, plan, torch.device(device).index or 0)
     else:
         rows += [Row(name, "skip", "", f"onnxruntime CUDA EP: {ort_reason}") for name in ORT_ROWS]
     return rows, header
@@ -490,7 +489,8 @@ def _ort_row(
     return [row]
 
 
-def _ort_rows(rows: list[Row], plan: Plan) -> None:
+def _ort_rows(rows: list[Row], plan: Plan, device_id: int) -> None:
+    """The onnxruntime rows, on GPU ``device_id`` (the torch rows' device)."""
     from rvm_ros.runtime import provider_library_error
 
     with tempfile.TemporaryDirectory(prefix="rvm-gpu-check-") as tmp:
@@ -505,11 +505,14 @@ def _ort_rows(rows: list[Row], plan: Plan) -> None:
             rows += [Row(name, "skip", "", "the export failed (row above)") for name in ORT_ROWS]
             return
         cuda = ORT_ROWS[0], ORT_ROWS[1]
-        _guard(rows, cuda[0], lambda: _ort_row(cuda[0], path, plan, "cuda", True, FP32_BOUND))
+        on = dict(device_id=device_id)
+        _guard(rows, cuda[0], lambda: _ort_row(cuda[0], path, plan, "cuda", True, FP32_BOUND, **on))
         _guard(
             rows,
             cuda[1],
-            lambda: _ort_row(cuda[1], path, plan, "cuda", False, FP32_BOUND, cuda_graph=False),
+            lambda: _ort_row(
+                cuda[1], path, plan, "cuda", False, FP32_BOUND, cuda_graph=False, **on
+            ),
         )
         trt = ORT_ROWS[2]
         reason = provider_library_error("tensorrt")
@@ -520,7 +523,9 @@ def _ort_rows(rows: list[Row], plan: Plan) -> None:
         _guard(
             rows,
             trt,
-            lambda: _ort_row(trt, path, plan, "tensorrt", False, TRT_BOUND, trt_cache_dir=engines),
+            lambda: _ort_row(
+                trt, path, plan, "tensorrt", False, TRT_BOUND, trt_cache_dir=engines, **on
+            ),
         )
 
 

@@ -303,9 +303,10 @@ def _train(cfg: TrainConfig, env: DistEnv, resume: bool, save: bool) -> dict[str
         t0: float,
         wait: float,
         data_state: dict[str, int],
+        t1: float | None = None,
     ) -> None:
-        # The step's only host reads (loss, grad norm): on XLA a step closure calls this once
-        # the step's graph has executed, so reading the values cuts no graph.
+        # The step's only host reads (loss, grad norm). ``t1``: when the step's host work ended
+        # (XLA, read later); None = now, after the reads, which wait for the device.
         nonlocal wait_session, steps_session
         loss_val, gn = float(loss_t), _scalar(gn_t)
         if not math.isfinite(loss_val):
@@ -318,7 +319,11 @@ def _train(cfg: TrainConfig, env: DistEnv, resume: bool, save: bool) -> dict[str
         state.data = data_state
         wait_session += wait
         steps_session += 1
-        reporter.step(state.step, loss_val, lr, gn, time.perf_counter() - t0, wait)
+        step_s = (time.perf_counter() if t1 is None else t1) - t0
+        reporter.step(state.step, loss_val, lr, gn, step_s, wait)
+
+    # XLA: steps whose loss and grad norm are still device tensors, read every log_every steps.
+    unread: list[tuple[Any, ...]] = []
 
     for step in range(state.step, cfg.run.steps):
         lr = lr_at(step, cfg.optim, cfg.run.steps)
@@ -355,18 +360,29 @@ def _train(cfg: TrainConfig, env: DistEnv, resume: bool, save: bool) -> dict[str
         mean_loss = all_reduce_mean(total / accum, env)
         data_state = dict(loader.state_dict(), next_index=data_pos)
 
+        done = step + 1  # the loop's own count: on XLA, state.step only moves at a host read
+        last = done == cfg.run.steps
+        preview_due = preview is not None and (done % cfg.run.preview_every == 0 or last)
+        save_due = save and (done % cfg.run.save_every == 0 or last)
         if env.is_xla:
-            import torch_xla.core.xla_model as xm
-
-            xm.add_step_closure(record, args=(mean_loss, grad_norm, step, lr, t0, wait, data_state))
+            # torch_xla.sync() (torch_xla/torch_xla.py) launches the step's graph without waiting
+            # and materialises every live tensor, so the kept loss and grad norm are device data:
+            # reading them later runs no graph, it only waits for that step. Reading them now
+            # (or in an xm.add_step_closure closure, which sync runs on this thread right after
+            # the launch) would make the host wait for the device every step.
             mark_step(env)
+            t1 = time.perf_counter()
+            unread.append((mean_loss, grad_norm, step, lr, t0, wait, data_state, t1))
+            if done % cfg.run.log_every == 0 or last or preview_due or save_due:
+                for args in unread:
+                    record(*args)
+                unread.clear()
         else:
             record(mean_loss, grad_norm, step, lr, t0, wait, data_state)
 
-        last = state.step == cfg.run.steps
-        if preview is not None and (state.step % cfg.run.preview_every == 0 or last):
-            run_preview(state.step)
-        if save and (state.step % cfg.run.save_every == 0 or last):
+        if preview_due:
+            run_preview(done)
+        if save_due:
             save_checkpoint(
                 run_dir,
                 model,
