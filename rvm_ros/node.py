@@ -85,6 +85,7 @@ from rvm_ros.launch_args import NODE_NAME, default_model_path
 from rvm_ros.masks import Shapes, decode_labels
 from rvm_ros.messages import feature_map, node_stats, point_tracks
 from rvm_ros.msg import FeatureMap, NodeStats, PointTracks
+from rvm_ros.runtime import first_line
 from rvm_ros.srv import AddQueries, RemoveTracks, Reset, SetMask
 
 
@@ -112,11 +113,6 @@ class ModelInfo:
 
     model_id: str
     input_hw: tuple[int, int] | None  # the graph's fixed camera size (H, W)
-
-
-def _reason(exc: BaseException) -> str:
-    """The first line of an exception's message (its type name if it has none)."""
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def load_runtime(
@@ -149,7 +145,7 @@ def load_runtime(
             streams=tuple(streams) or ("default",),
         )
     except Exception as exc:  # onnxruntime raises several types; one line is all we show
-        raise ModelLoadError(f"cannot load model '{path}': {_reason(exc)[:300]}") from exc
+        raise ModelLoadError(f"cannot load model '{path}': {first_line(exc)[:300]}") from exc
     return runtime, model_info(runtime)
 
 
@@ -358,7 +354,7 @@ class RVMNode(LifecycleNode):
         # Anything: rclpy would swallow an exception from a transition callback unlogged.
         except Exception as exc:
             self._release()
-            self._config_error, self.error = exc, _reason(exc)
+            self._config_error, self.error = exc, first_line(exc)
             if not self._autostarting:  # else the constructor raises it (main prints one line)
                 self.get_logger().error(f"configure failed: {self.error}")
             return TransitionCallbackReturn.FAILURE
@@ -387,7 +383,7 @@ class RVMNode(LifecycleNode):
         except Exception as exc:  # e.g. an invalid qos_overrides value
             self._deactivate()
             super().on_deactivate(state)
-            return self._activate_failed(_reason(exc))
+            return self._activate_failed(first_line(exc))
         self.state = "active"
         self.get_logger().info("active")
         return ret
@@ -870,7 +866,7 @@ def main(args: list[str] | None = None) -> int:
     try:
         node = RVMNode()
     except Exception as exc:  # configure/activate failed: one line, not a traceback
-        print(f"rvm_node: error: {_reason(exc)}", file=sys.stderr)
+        print(f"rvm_node: error: {first_line(exc)}", file=sys.stderr)
         rclpy.try_shutdown()
         return 1
     try:
