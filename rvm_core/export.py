@@ -10,16 +10,13 @@ Model metadata (``rvm.*`` keys, see :data:`METADATA_KEYS`) is stored in the file
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import dataclasses
 import functools
 import hashlib
 import json
 import os
-import types
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -66,8 +63,8 @@ class ExportResult:
 
 
 @functools.cache
-def _torch_classes() -> tuple[type, type]:
-    """(StreamingStep, _MultiHeadAttention), defined on first use so importing this is cheap."""
+def _streaming_step_class() -> type:
+    """StreamingStep, defined on first use so importing this module is cheap (no torch)."""
     import torch
     from torch import nn
 
@@ -99,8 +96,8 @@ def _torch_classes() -> tuple[type, type]:
             self, image: torch.Tensor, state_in: torch.Tensor
         ) -> tuple[torch.Tensor, torch.Tensor]:
             x = to_model_input(image, self.model_size).to(self.compute_dtype)
-            # A GRU core keeps the state in float32 (see _fp32_state_gru_forward); others get
-            # the compute dtype.
+            # A GRU core keeps the state in float32 in an exported graph (GatedTransformerCore
+            # reads the export mode); others get the compute dtype.
             gru = self.model.config.aggregator == "gru"
             features, state = self.model.step(x, state_in if gru else state_in.to(x.dtype))
             b, _, d = features.shape
@@ -109,35 +106,12 @@ def _torch_classes() -> tuple[type, type]:
             # every frame, and rounding it to float16 each frame accumulates over a long stream.
             return grid.to(self.features_dtype), state.float()
 
-    class _MultiHeadAttention(torch.autograd.Function):
-        """softmax(q k^T / sqrt(hd)) v over projected q [B,Nq,D], k, v [B,Nk,D] -> [B,Nq,D].
-
-        Exported as ONNX Runtime's ``com.microsoft.MultiHeadAttention`` (one fused kernel on CPU and
-        CUDA instead of reshape/transpose/MatMul/Softmax nodes).
-        """
-
-        @staticmethod
-        def forward(ctx, q, k, v, heads: int):  # noqa: ANN001, ANN205 (autograd signature)
-            b, nq, d = q.shape
-            nk = k.shape[1]
-            q = q.view(b, nq, heads, d // heads).transpose(1, 2)
-            k = k.view(b, nk, heads, d // heads).transpose(1, 2)
-            v = v.view(b, nk, heads, d // heads).transpose(1, 2)
-            o = torch.nn.functional.scaled_dot_product_attention(q, k, v)
-            return o.transpose(1, 2).reshape(b, nq, d)
-
-        @staticmethod
-        def symbolic(g, q, k, v, heads: int):  # noqa: ANN001, ANN205
-            out = g.op("com.microsoft::MultiHeadAttention", q, k, v, num_heads_i=heads)
-            out.setType(q.type())
-            return out
-
-    return StreamingStep, _MultiHeadAttention
+    return StreamingStep
 
 
 def __getattr__(name: str) -> Any:
     if name == "StreamingStep":
-        return _torch_classes()[0]
+        return _streaming_step_class()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -192,6 +166,8 @@ def export_onnx(
     """
     import torch
 
+    from .model import export_mode
+
     if opset > MAX_OPSET:
         raise ValueError(f"opset {opset} > {MAX_OPSET}: opset 23+ exports are not tested here")
     if attention not in ATTENTION_MODES:
@@ -202,15 +178,16 @@ def export_onnx(
     feat_dtype = torch.float16 if (fp16 or features_fp16) else torch.float32
     ident = model_id(model)
     shape = state_shape(model, model_size)
-    # Trace a copy: the fp16 cast and the tracing overrides never touch the caller's model (a
-    # float16 round trip would change its weights).
+    # Trace a copy: the fp16 cast never touches the caller's model (a float16 round trip
+    # would change its weights).
     work = copy.deepcopy(model).eval().to(compute)
-    step = _torch_classes()[0](work, model_size, feat_dtype, compute)
+    step = _streaming_step_class()(work, model_size, feat_dtype, compute)
     image = torch.zeros(1, *input_size, 3, dtype=torch.uint8)
     state = torch.zeros(shape)
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
     try:
-        with _export_patches(work, attention), warnings.catch_warnings():
+        contrib = attention == "ort"
+        with export_mode.exporting(contrib_attention=contrib), warnings.catch_warnings():
             # The positional encoding is a numpy constant (the tracer warns about it), and the
             # TorchScript exporter warns about its own deprecation.
             warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
@@ -224,7 +201,7 @@ def export_onnx(
                 opset_version=opset,
                 dynamo=False,
                 do_constant_folding=True,
-                **({"custom_opsets": {"com.microsoft": 1}} if attention == "ort" else {}),
+                **({"custom_opsets": {"com.microsoft": 1}} if contrib else {}),
             )
         gh, gw = step.grid
         metadata = {
@@ -258,68 +235,6 @@ def _write_metadata(path: Path, metadata: dict[str, str]) -> None:
         proto.metadata_props.add(key=key, value=value)
     proto.producer_name = "rvm"
     onnx.save(proto, str(path))
-
-
-def _ort_attention_forward(
-    self: Any, x: torch.Tensor, kv: torch.Tensor | None = None, mask: torch.Tensor | None = None
-) -> torch.Tensor:
-    from .model.blocks import Attention
-
-    if mask is not None:  # the attention-aggregator ablation: keep the plain graph
-        return Attention.forward(self, x, kv, mask)
-    kv = x if kv is None else kv
-    mha = _torch_classes()[1]
-    return self.out(mha.apply(self.query(x), self.key(kv), self.value(kv), self.heads))
-
-
-def _static_posenc(self: Any, grid: tuple[int, int], device: torch.device) -> torch.Tensor:
-    # While tracing, the grid derived from frames.shape is a traced tensor, which the numpy
-    # table code cannot take; the export has static shapes, so make it plain ints.
-    from .model.vit import Tokenizer
-
-    return Tokenizer.posenc(self, (int(grid[0]), int(grid[1])), device)
-
-
-def _fp32_state_gru_forward(
-    self: Any, x: torch.Tensor, state: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """GatedTransformerCore.forward with a float32 state around a lower-precision core: gates
-    and transformer run in x's dtype, the blend s' = (1 - u) s + u h in float32."""
-    import torch
-
-    s = state.to(x.dtype)
-    update = torch.sigmoid(self.input_update(x) + self.state_update(s)).float()
-    reset = torch.sigmoid(self.input_reset(x) + self.state_reset(s))
-    h = self.transformer(x, reset * self.state_layer_norm(s)).float()
-    new = (1 - update) * state.float() + update * h
-    return new, new
-
-
-@contextlib.contextmanager
-def _export_patches(model: RVM, attention: str) -> Iterator[None]:
-    """Instance-level overrides for tracing (the model classes stay unchanged): a static posenc
-    grid; a float32 GRU state (always; a no-op in float32); for ``attention="ort"`` every
-    Attention exported as the MultiHeadAttention contrib op."""
-    from .model.blocks import Attention
-    from .model.core import GatedTransformerCore
-    from .model.vit import Tokenizer
-
-    patched: list[tuple[Any, str]] = []
-    for module in model.modules():
-        if isinstance(module, GatedTransformerCore):
-            module.forward = types.MethodType(_fp32_state_gru_forward, module)
-            patched.append((module, "forward"))
-        if isinstance(module, Tokenizer):
-            module.posenc = types.MethodType(_static_posenc, module)
-            patched.append((module, "posenc"))
-        if attention == "ort" and isinstance(module, Attention):
-            module.forward = types.MethodType(_ort_attention_forward, module)
-            patched.append((module, "forward"))
-    try:
-        yield
-    finally:
-        for module, name in patched:
-            delattr(module, name)
 
 
 # -- command line: rvm export-onnx -----------------------------------------------------------------

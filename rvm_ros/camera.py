@@ -4,6 +4,10 @@
 replay goes through exactly the node's processing. Thread model: ``submit`` is called from the
 ROS executor thread and only stores the message (decoding happens in ``process``, on the worker
 thread, so the executor never blocks on a large image); ``take``/``process`` run on the worker.
+Only the worker touches the tracker and the mask: the service methods (``add_queries``,
+``remove_tracks``, ``request_reset``, ``set_mask``) hand their change to it through a
+:class:`~rvm_ros.worker_queue.WorkerQueue` and wait for its answer (or apply it themselves when
+no worker is attached, e.g. the node inactive or an offline replay).
 
 Frames whose size differs from the model's fixed camera input (the ONNX graph has static
 shapes) are resized with OpenCV (INTER_AREA when shrinking, INTER_LINEAR otherwise) before the
@@ -23,6 +27,11 @@ import numpy as np
 from rvm_ros.image_codec import DEFAULT_MAX_PIXELS, ImageError, decode_compressed, decode_image
 from rvm_ros.masks import MaskTracker, Shapes
 from rvm_ros.stats import CameraStats
+from rvm_ros.worker_queue import WorkerQueue
+
+# How long a service waits for the worker to take its request: one frame's processing is far
+# less, so hitting this means the worker is stuck.
+REQUEST_TIMEOUT_S = 5.0
 
 
 class Runtime(Protocol):
@@ -137,7 +146,9 @@ class CameraPipeline:
         config: PipelineConfig | None = None,
         input_hw: tuple[int, int] | None = None,
         warn: Callable[[str, str], None] | None = None,
+        wake: Callable[[], None] | None = None,
     ) -> None:
+        """``wake``: called when a service queues a request, so an idle worker runs it now."""
         from rvm_core.readout.tracker import PointTracker, TrackerConfig
 
         self.name = name
@@ -146,7 +157,8 @@ class CameraPipeline:
         self.input_hw = input_hw  # the model's fixed camera size; None: any size
         self.warn = warn or (lambda reason, text: None)
         self.stats = CameraStats()
-        self._lock = threading.Lock()  # guards the slot and the track bookkeeping
+        self._lock = threading.Lock()  # guards the newest-frame slot only
+        self._requests = WorkerQueue(wake)  # service changes to the worker-owned state below
         self._slot: _Pending | None = None
         self._arrivals = 0
         self._tracker = PointTracker(TrackerConfig(method=self.config.tracks_method))
@@ -185,47 +197,65 @@ class CameraPipeline:
                 item.newest = self._arrivals
         return item
 
-    # -- services ----------------------------------------------------------------------------
+    # -- services (any thread) -------------------------------------------------------------
     def request_reset(self, reason: str = "service") -> int:
         """Reset before the next processed frame -> the sequence id that frame will carry."""
-        with self._lock:
-            self._reset_requested = reason
-            self._tracks.pending.clear()
-            self.masks.clear()
-            return (self.sequence_id + 1) & 0xFFFFFFFF
+        return self._requests.call(lambda: self._queue_reset(reason), REQUEST_TIMEOUT_S)
 
     def set_mask(self, labels: np.ndarray | None, shapes: Shapes | None = None) -> None:
         """Start propagating a seed (label ids [H,W] and/or shapes) from the next frame."""
-        self.masks.set(labels, shapes)
+        self._requests.call(lambda: self.masks.set(labels, shapes), REQUEST_TIMEOUT_S)
 
     def add_queries(self, xy: np.ndarray) -> np.ndarray:
         """Queue points [K,2] (x, y source px) for the next processed frame -> public ids [K]."""
         xy = np.asarray(xy, np.float64).reshape(-1, 2)
-        with self._lock:
-            t = self._tracks
-            ids = np.arange(t.next_id, t.next_id + len(xy), dtype=np.int64)
-            t.next_id += len(xy)
-            t.pending.extend((int(i), float(x), float(y)) for i, (x, y) in zip(ids, xy))
-        return ids.astype(np.uint32)
+        return self._requests.call(lambda: self._queue_queries(xy), REQUEST_TIMEOUT_S)
 
     def remove_tracks(self, ids: Any) -> int:
         """Stop tracking public ids (pending or active) -> number actually removed."""
         ids = {int(i) for i in ids}
-        with self._lock:
-            t = self._tracks
-            before = len(t.pending)
-            t.pending = [p for p in t.pending if p[0] not in ids]
-            removed = before - len(t.pending)
-            tracker_ids = [k for k, v in t.public.items() if v in ids]
-            if tracker_ids:
-                self._tracker.remove(tracker_ids)
-                for k in tracker_ids:
-                    pid = t.public.pop(k)
-                    t.lost.pop(pid, None)
-                    t.seeded.pop(pid, None)
-            return removed + len(tracker_ids)
+        return self._requests.call(lambda: self._remove_tracks(ids), REQUEST_TIMEOUT_S)
 
     # -- worker side -------------------------------------------------------------------------
+    def attach_worker(self) -> None:
+        """The calling thread becomes the only one that touches tracker and mask state."""
+        self._requests.attach()
+
+    def detach_worker(self) -> None:
+        """Stop owning (requests queued meanwhile are applied first); services apply directly."""
+        self._requests.detach()
+
+    def apply_requests(self) -> None:
+        """Apply the queued service requests (worker, between frames)."""
+        self._requests.run_pending()
+
+    def _queue_reset(self, reason: str) -> int:
+        self._reset_requested = reason
+        self._tracks.pending.clear()
+        self.masks.clear()
+        return (self.sequence_id + 1) & 0xFFFFFFFF
+
+    def _queue_queries(self, xy: np.ndarray) -> np.ndarray:
+        t = self._tracks
+        ids = np.arange(t.next_id, t.next_id + len(xy), dtype=np.int64)
+        t.next_id += len(xy)
+        t.pending.extend((int(i), float(x), float(y)) for i, (x, y) in zip(ids, xy))
+        return ids.astype(np.uint32)
+
+    def _remove_tracks(self, ids: set[int]) -> int:
+        t = self._tracks
+        before = len(t.pending)
+        t.pending = [p for p in t.pending if p[0] not in ids]
+        removed = before - len(t.pending)
+        tracker_ids = [k for k, v in t.public.items() if v in ids]
+        if tracker_ids:
+            self._tracker.remove(tracker_ids)
+            for k in tracker_ids:
+                pid = t.public.pop(k)
+                t.lost.pop(pid, None)
+                t.seeded.pop(pid, None)
+        return removed + len(tracker_ids)
+
     def _reset(self, reason: str) -> None:
         self.runtime.reset(stream=self.name)
         self._tracker.reset()
@@ -263,9 +293,7 @@ class CameraPipeline:
         header = item.msg.header
         stamp = stamp_sec(header)
         hw = (int(rgb.shape[0]), int(rgb.shape[1]))
-        reason = None
-        with self._lock:
-            reason, self._reset_requested = self._reset_requested, None
+        reason, self._reset_requested = self._reset_requested, None
         cfg = self.config
         if reason is None and self.frame_index > 0:
             if self._last_hw != hw:
@@ -349,48 +377,47 @@ class CameraPipeline:
         method = cfg.tracks_method
         feat_arg = None if method == "lk" else fmap
         img_arg = None if method == "rvm" else rgb
-        with self._lock:
-            tr, t = self._tracker, self._tracks
-            st = tr.update(feat_arg, img_arg, image_hw=hw)
-            # Drop tracks invisible for too long (they get re-seeded below if auto-seeded).
-            gone = []
-            for k, v in zip(st.ids.tolist(), st.visible.tolist()):
-                pid = t.public[k]
-                t.lost[pid] = 0 if v else t.lost.get(pid, 0) + 1
-                if t.lost[pid] > cfg.tracks_lost_frames:
-                    gone.append(k)
-            if gone:
-                tr.remove(gone)
-                for k in gone:
-                    pid = t.public.pop(k)
-                    t.lost.pop(pid, None)
-                    t.seeded.pop(pid, None)
-            new_pids: list[int] = []
-            new_xy: list[tuple[float, float]] = []
-            room = cfg.tracks_max - len(tr)
-            for pid, x, y in t.pending[: max(room, 0)]:
+        tr, t = self._tracker, self._tracks
+        st = tr.update(feat_arg, img_arg, image_hw=hw)
+        # Drop tracks invisible for too long (they get re-seeded below if auto-seeded).
+        gone = []
+        for k, v in zip(st.ids.tolist(), st.visible.tolist()):
+            pid = t.public[k]
+            t.lost[pid] = 0 if v else t.lost.get(pid, 0) + 1
+            if t.lost[pid] > cfg.tracks_lost_frames:
+                gone.append(k)
+        if gone:
+            tr.remove(gone)
+            for k in gone:
+                pid = t.public.pop(k)
+                t.lost.pop(pid, None)
+                t.seeded.pop(pid, None)
+        new_pids: list[int] = []
+        new_xy: list[tuple[float, float]] = []
+        room = cfg.tracks_max - len(tr)
+        for pid, x, y in t.pending[: max(room, 0)]:
+            new_pids.append(pid)
+            new_xy.append((x, y))
+        t.pending = t.pending[max(room, 0) :]
+        rows, cols = cfg.tracks_grid
+        if rows > 0 and cols > 0 and (cfg.tracks_reseed or self.frame_index == 0):
+            taken = set(t.seeded.values())
+            pts = grid_points(hw, (rows, cols))
+            for cell, (x, y) in enumerate(pts):
+                if cell in taken or len(tr) + len(new_pids) >= cfg.tracks_max:
+                    continue
+                pid = t.next_id
+                t.next_id += 1
+                t.seeded[pid] = cell
                 new_pids.append(pid)
-                new_xy.append((x, y))
-            t.pending = t.pending[max(room, 0) :]
-            rows, cols = cfg.tracks_grid
-            if rows > 0 and cols > 0 and (cfg.tracks_reseed or self.frame_index == 0):
-                taken = set(t.seeded.values())
-                pts = grid_points(hw, (rows, cols))
-                for cell, (x, y) in enumerate(pts):
-                    if cell in taken or len(tr) + len(new_pids) >= cfg.tracks_max:
-                        continue
-                    pid = t.next_id
-                    t.next_id += 1
-                    t.seeded[pid] = cell
-                    new_pids.append(pid)
-                    new_xy.append((float(x), float(y)))
-            if new_pids:
-                tids = tr.add(np.asarray(new_xy))  # uses the frame just given to update()
-                for k, pid in zip(tids.tolist(), new_pids):
-                    t.public[k] = pid
-                    t.lost[pid] = 0
-            st = tr.state()
-            ids = np.array([t.public[k] for k in st.ids.tolist()], np.uint32)
+                new_xy.append((float(x), float(y)))
+        if new_pids:
+            tids = tr.add(np.asarray(new_xy))  # uses the frame just given to update()
+            for k, pid in zip(tids.tolist(), new_pids):
+                t.public[k] = pid
+                t.lost[pid] = 0
+        st = tr.state()
+        ids = np.array([t.public[k] for k in st.ids.tolist()], np.uint32)
         return (
             ids,
             st.xy.astype(np.float32),

@@ -9,7 +9,6 @@ so sparse ids (e.g. 3 and 200) cost no more than 1 and 2.
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -108,8 +107,8 @@ class _Seed:
 
 
 class MaskTracker:
-    """One camera's propagated mask; ``set`` and ``clear`` are thread-safe, ``update`` runs on
-    the worker with each processed frame's features."""
+    """One camera's propagated mask, used by one thread at a time (the camera's worker, to which
+    ``CameraPipeline`` hands service calls); ``update`` runs with each processed frame."""
 
     def __init__(self, context: int = 7) -> None:
         from rvm_core.readout import LabelPropagator, PropagationConfig
@@ -118,7 +117,6 @@ class MaskTracker:
         # (cost grows with it: ~21 ms per 640x360 frame with 20 frames, the DAVIS protocol's).
         self._config = PropagationConfig(context=context)
         self._make = LabelPropagator
-        self._lock = threading.Lock()
         self._pending: _Seed | None = None
         self._prop: Any = None
         self._ids = np.zeros(1, np.uint8)  # compact index -> label id
@@ -131,24 +129,21 @@ class MaskTracker:
 
     def set(self, labels: np.ndarray | None, shapes: Shapes | None = None) -> None:
         """Queue a seed for the next processed frame (replaces any running mask)."""
-        with self._lock:
-            self._pending = _Seed(labels, shapes or Shapes())
+        self._pending = _Seed(labels, shapes or Shapes())
 
     def clear(self, keep_pending: bool = False) -> None:
         """Stop the running mask; a queued seed is dropped too unless ``keep_pending``."""
-        with self._lock:
-            if not keep_pending:
-                self._pending = None
-            self._prop = None
-            self.num_labels = 0
+        if not keep_pending:
+            self._pending = None
+        self._prop = None
+        self.num_labels = 0
 
     def update(
         self, features: np.ndarray, image_hw: tuple[int, int], want_image: bool = True
     ) -> np.ndarray | None:
         """Features [C,h,w] of a processed frame -> label ids uint8 [H,W] (None: no mask, or
         ``want_image`` False). Raises ValueError when a seed does not fit the frame (dropped)."""
-        with self._lock:
-            seed, self._pending = self._pending, None
+        seed, self._pending = self._pending, None
         fmap = np.moveaxis(np.asarray(features, np.float32), 0, -1)  # [h,w,C]
         if seed is not None:
             labels = seed.labels
@@ -168,9 +163,8 @@ class MaskTracker:
             compact = compact.reshape(labels.shape)
             prop = self._make(self._config)
             prop.start(fmap, compact, len(ids))
-            with self._lock:
-                self._prop, self._ids = prop, ids.astype(np.uint8)
-                self.num_labels = len(ids) - 1
+            self._prop, self._ids = prop, ids.astype(np.uint8)
+            self.num_labels = len(ids) - 1
             return labels.astype(np.uint8) if want_image else None
         prop = self._prop
         if prop is None:

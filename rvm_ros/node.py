@@ -27,7 +27,9 @@ are published right after the model step, the tracker and the mask run after tha
 Threads: the executor thread only stores each message in its camera's newest-frame slot; one
 worker thread decodes, steps the model and publishes, so a slow model drops stale frames instead
 of queueing them. One worker, not one per camera: ONNX Runtime already uses both cores for one
-step, and two concurrent steps only contend.
+step, and two concurrent steps only contend. The worker alone touches the trackers and masks:
+services queue their change and the worker applies it between frames, answering the waiting
+service (while the node is not active no worker runs, and the service applies it itself).
 
 Start without ``ros2 launch``::
 
@@ -531,7 +533,12 @@ class RVMNode(LifecycleNode):
         base = self._camera_base(topic)
         compressed = base != name
         pipeline = CameraPipeline(
-            name, self.runtime, self.pipeline_config, self.model.input_hw, warn=self._warn
+            name,
+            self.runtime,
+            self.pipeline_config,
+            self.model.input_hw,
+            warn=self._warn,
+            wake=self._wake.set,
         )
 
         def pub(msg_type: Any, suffix: str) -> Any:
@@ -553,7 +560,11 @@ class RVMNode(LifecycleNode):
         )
 
         def trigger(request: Any, response: Any) -> Any:
-            seq = cam.pipeline.request_reset("service")
+            try:
+                seq = cam.pipeline.request_reset("service")
+            except TimeoutError as exc:
+                response.success, response.message = False, f"{cam.name}: {exc}"
+                return response
             response.success, response.message = True, f"reset {cam.name}: sequence {seq}"
             return response
 
@@ -601,34 +612,45 @@ class RVMNode(LifecycleNode):
     # -- worker --------------------------------------------------------------------------------
     def _work(self) -> None:
         cameras = list(self.cameras)  # fixed while active (configure/cleanup stop the worker)
-        while not self._stop.is_set():
-            self._wake.wait(timeout=0.1)
-            self._wake.clear()
+        for cam in cameras:
+            cam.pipeline.attach_worker()
+        try:
+            while not self._stop.is_set():
+                self._wake.wait(timeout=0.1)
+                self._wake.clear()
+                for cam in cameras:
+                    self._work_once(cam)
+        finally:
             for cam in cameras:
-                item = cam.pipeline.take()  # the newest frame, taken right before processing
-                if item is None:
-                    continue
-                # A bad frame or runtime error must not stop the node. Each frame is counted
-                # once: rejected if it fails before its features are out, else processed.
-                try:
-                    t0 = time.perf_counter()
-                    result = cam.pipeline.process(item, track=False)  # decode + model step
-                    if result is None:
-                        continue
-                    self._publish_features(cam, item, result, t0)
-                except Exception as exc:
-                    cam.pipeline.stats.reject("error")
-                    self._warn("error", f"{cam.name}: processing failed: {exc!r}")
-                    continue
-                try:
-                    self._publish_tracks(cam, result)
-                except Exception as exc:  # already counted as processed
-                    self._warn("tracking", f"{cam.name}: tracking failed: {exc!r}")
-                mask = cam.pipeline.update_mask(result, cam.pub_masks.get_subscription_count() > 0)
-                if mask is not None:
-                    cam.pub_masks.publish(
-                        Image(header=result.header, **_mono8(mask))  # input header, camera size
-                    )
+                cam.pipeline.detach_worker()
+
+    def _work_once(self, cam: _Camera) -> None:
+        """Apply the camera's service requests, then process and publish its newest frame."""
+        cam.pipeline.apply_requests()  # between frames: the worker alone touches the tracker
+        item = cam.pipeline.take()  # the newest frame, taken right before processing
+        if item is None:
+            return
+        # A bad frame or runtime error must not stop the node. Each frame is counted once:
+        # rejected if it fails before its features are out, else processed.
+        try:
+            t0 = time.perf_counter()
+            result = cam.pipeline.process(item, track=False)  # decode + model step
+            if result is None:
+                return
+            self._publish_features(cam, item, result, t0)
+        except Exception as exc:
+            cam.pipeline.stats.reject("error")
+            self._warn("error", f"{cam.name}: processing failed: {exc!r}")
+            return
+        try:
+            self._publish_tracks(cam, result)
+        except Exception as exc:  # already counted as processed
+            self._warn("tracking", f"{cam.name}: tracking failed: {exc!r}")
+        mask = cam.pipeline.update_mask(result, cam.pub_masks.get_subscription_count() > 0)
+        if mask is not None:
+            cam.pub_masks.publish(
+                Image(header=result.header, **_mono8(mask))  # input header, camera size
+            )
 
     def _publish_features(self, cam: _Camera, item: Any, r: Result, t0: float) -> None:
         """Publish the features (latency is measured to them) and count the frame processed."""
@@ -730,7 +752,11 @@ class RVMNode(LifecycleNode):
             response.success, response.message = False, f"unknown camera {request.camera!r}"
             return response
         for cam in cams:
-            response.sequence_id = cam.pipeline.request_reset("service")
+            try:
+                response.sequence_id = cam.pipeline.request_reset("service")
+            except TimeoutError as exc:
+                response.success, response.message = False, f"{cam.name}: {exc}"
+                return response
         response.success = True
         response.message = f"reset {', '.join(c.name for c in cams)}"
         return response
@@ -769,7 +795,11 @@ class RVMNode(LifecycleNode):
             response.success = False
             response.message = f"query {i} ({xy[i, 0]:g}, {xy[i, 1]:g}) is {where}"
             return response
-        response.ids = cams[0].pipeline.add_queries(xy)
+        try:
+            response.ids = cams[0].pipeline.add_queries(xy)
+        except TimeoutError as exc:
+            response.success, response.message = False, f"{cams[0].name}: {exc}"
+            return response
         response.success = True
         response.message = f"{len(xy)} queries added to {cams[0].name}"
         return response
@@ -779,7 +809,13 @@ class RVMNode(LifecycleNode):
         if not cams:
             response.success, response.message = False, f"unknown camera {request.camera!r}"
             return response
-        response.removed = sum(c.pipeline.remove_tracks(request.ids) for c in cams)
+        response.removed = 0
+        for cam in cams:
+            try:
+                response.removed += cam.pipeline.remove_tracks(request.ids)
+            except TimeoutError as exc:
+                response.success, response.message = False, f"{cam.name}: {exc}"
+                return response
         response.success = True
         response.message = f"removed {response.removed}"
         return response
@@ -794,7 +830,11 @@ class RVMNode(LifecycleNode):
             response.success, response.message = False, f"{cam.name}: {exc}"
             self._warn("set_mask", f"{cam.name}: set_mask refused: {exc}")
             return response
-        cam.pipeline.set_mask(labels, shapes)
+        try:
+            cam.pipeline.set_mask(labels, shapes)
+        except TimeoutError as exc:
+            response.success, response.message = False, f"{cam.name}: {exc}"
+            return response
         ids = set() if labels is None else set(np.unique(labels).tolist())
         ids |= {int(p[2]) for p in shapes.points} | {int(b[4]) for b in shapes.boxes}
         ids.discard(0)

@@ -1028,3 +1028,137 @@ def test_cleanup_closes_the_runtime_it_loaded(rclpy_context, model64):
         assert node.runtime is not runtime
     finally:
         node.destroy_node()
+
+
+class _Caller(threading.Thread):
+    """Calls one service in a loop from its own thread, node and executor until ``stop``."""
+
+    def __init__(
+        self, context, srv_type, name: str, make_request, on_response, stop, pause: float = 0.0
+    ) -> None:
+        super().__init__(daemon=True)
+        self.args = context, srv_type, name
+        self.make_request, self.on_response, self.stop = make_request, on_response, stop
+        self.pause = pause  # seconds between calls
+        self.calls = 0
+        self.errors: list[str] = []
+
+    def run(self) -> None:
+        import rclpy
+        from rclpy.executors import SingleThreadedExecutor
+
+        context, srv_type, name = self.args
+        node = rclpy.create_node(f"rvm_caller_{threading.get_ident()}", context=context)
+        executor = SingleThreadedExecutor(context=context)
+        executor.add_node(node)
+        client = node.create_client(srv_type, name)
+        try:
+            if not client.wait_for_service(timeout_sec=15.0):
+                self.errors.append(f"{name}: not available")
+                return
+            while not self.stop.is_set():
+                request = self.make_request()
+                future = client.call_async(request)
+                executor.spin_until_future_complete(future, timeout_sec=15.0)
+                if not future.done():
+                    self.errors.append(f"{name}: no response")
+                    return
+                response = future.result()
+                if not response.success:
+                    self.errors.append(f"{name}: {response.message}")
+                    return
+                self.on_response(request, response)
+                self.calls += 1
+                self.stop.wait(self.pause)
+        except Exception as exc:
+            self.errors.append(f"{name}: {exc!r}")
+        finally:
+            executor.remove_node(node)
+            node.destroy_node()
+            executor.shutdown(timeout_sec=1.0)
+
+
+def test_concurrent_service_calls_while_frames_stream(
+    rvm_node, make_node, spin_until, rclpy_context, model64
+):
+    # No grid seeding: every track id comes from add_queries, so the test knows them all. Many
+    # tracks make each removal long enough to interleave with the worker's frames and resets.
+    node = rvm_node(model64, ["/cc/image"], tracks__grid=[0, 0], tracks__max=5000)
+    client = make_node("rvm_test_client")
+    outs = Outputs(client, "/cc/image")
+    pub = client.create_publisher(Image, "/cc/image", QOS)
+    cam = node.cameras[0]
+    _connect(spin_until, pub, lambda: cam.pub_tracks.get_subscription_count() >= 1)
+    frames = np.random.default_rng(11).integers(0, 256, (4, 64, 64, 3), dtype=np.uint8)
+    t0 = 1_700_000_000 * 10**9
+    _send(spin_until, pub, _image(frames[0], t0), outs)  # the camera's size is known from here
+
+    lock = threading.Lock()
+    added: list[int] = []
+    removed: set[int] = set()  # ids whose removal was answered
+    rng = np.random.default_rng(12)  # used under ``lock`` (callers share it)
+
+    def queries():
+        with lock:
+            xy = rng.uniform(0, 63, (int(rng.integers(1, 300)), 2))
+        return AddQueries.Request(camera="/cc/image", x=xy[:, 0].tolist(), y=xy[:, 1].tolist())
+
+    def on_added(request, response):
+        assert len(response.ids) == len(request.x)
+        with lock:
+            added.extend(int(i) for i in response.ids)
+
+    def removal():
+        with lock:
+            live = list(outs.tracks[-1].ids)  # tracked now: their removal touches the tracker
+            pick = rng.choice(live, min(len(live), 100), replace=False) if live else []
+        return RemoveTracks.Request(ids=[int(i) for i in pick] + [10**9])
+
+    def on_removed(request, response):
+        with lock:
+            removed.update(request.ids)
+
+    box = SetMask.Request(box_x0=[4.0], box_y0=[4.0], box_x1=[30.0], box_y1=[30.0], box_labels=[1])
+    stop = threading.Event()
+    ignore = lambda request, response: None  # noqa: E731
+    callers = [
+        _Caller(rclpy_context, AddQueries, "/rvm_node/add_queries", queries, on_added, stop),
+        _Caller(rclpy_context, AddQueries, "/rvm_node/add_queries", queries, on_added, stop),
+        _Caller(rclpy_context, RemoveTracks, "/rvm_node/remove_tracks", removal, on_removed, stop),
+        # Paced, so tracks live a few frames between resets.
+        _Caller(rclpy_context, Reset, "/rvm_node/reset", Reset.Request, ignore, stop, 0.02),
+        _Caller(rclpy_context, SetMask, "/cc/image/rvm/set_mask", lambda: box, ignore, stop, 0.01),
+    ]
+
+    def stream():  # frames keep coming whatever the worker is doing (its slot drops extras)
+        i = 0
+        while not stop.is_set():
+            i += 1
+            pub.publish(_image(frames[i % 4], t0 + i * 5_000_000))
+            stop.wait(0.005)
+
+    threads = [*callers, threading.Thread(target=stream, daemon=True)]
+    for thread in threads:
+        thread.start()
+    try:
+        spin_until(lambda: len(outs.tracks) > 150 or any(c.errors for c in callers), timeout_sec=60)
+    finally:
+        stop.set()  # the node's services run on this thread's executor: spin until all answered
+        spin_until(lambda: not any(t.is_alive() for t in threads), timeout_sec=30.0)
+    assert not any(c.errors for c in callers), [c.errors for c in callers]
+    assert all(c.calls > 0 for c in callers), [c.calls for c in callers]
+    for i, tracks in enumerate(outs.tracks):
+        k = len(tracks.ids)
+        lengths = {len(a) for a in (tracks.x, tracks.y, tracks.visible, tracks.visibility)}
+        assert lengths | {len(tracks.age)} == {k}, f"tracks {i}: ragged arrays"
+        assert len(set(tracks.ids)) == k, f"tracks {i}: duplicate ids"
+    published = {int(i) for t in outs.tracks for i in t.ids}
+    assert published <= set(added), sorted(published - set(added))
+    # The worker never failed and still serves frames; every answered removal holds.
+    assert node._worker.is_alive()
+    assert not [k for k in node._warned if k[1] in ("error", "tracking", "mask")], node._warned
+    final = _image(frames[0], t0 + 10**10)
+    pub.publish(final)
+    assert spin_until(lambda: outs.tracks[-1].header == final.header, timeout_sec=15.0)
+    assert not removed & set(outs.tracks[-1].ids), "a removed track came back"
+    assert cam.pipeline.stats.snapshot().frames_rejected == 0

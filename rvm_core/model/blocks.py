@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import export_mode
+
 LN_EPS = 1e-6
 
 # tanh GELU: 0.5 x (1 + tanh(z)) = x sigmoid(2z), z = sqrt(2/pi) (x + 0.044715 x^3)
@@ -51,6 +53,9 @@ class Attention(nn.Module):
     ) -> torch.Tensor:
         """x [B,Nq,D], kv [B,Nk,D] (default x), mask [B,1|H,Nq|1,Nk] bool True=attend."""
         kv = x if kv is None else kv
+        if mask is None and export_mode.use_contrib_attention():
+            q, k, v = self.query(x), self.key(kv), self.value(kv)
+            return self.out(ContribMultiHeadAttention.apply(q, k, v, self.heads))
         b, nq, d = x.shape
         nk = kv.shape[1]
         h = self.heads
@@ -59,6 +64,30 @@ class Attention(nn.Module):
         v = self.value(kv).view(b, nk, h, d // h).transpose(1, 2)
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # [B,H,Nq,hd]
         return self.out(o.transpose(1, 2).reshape(b, nq, d))
+
+
+class ContribMultiHeadAttention(torch.autograd.Function):
+    """softmax(q k^T / sqrt(hd)) v over projected q [B,Nq,D], k, v [B,Nk,D] -> [B,Nq,D].
+
+    Exported as ONNX Runtime's ``com.microsoft.MultiHeadAttention`` (one fused kernel on CPU and
+    CUDA instead of reshape/transpose/MatMul/Softmax nodes); eagerly the same SDPA as Attention.
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, heads: int):  # noqa: ANN001, ANN205 (autograd signature)
+        b, nq, d = q.shape
+        nk = k.shape[1]
+        q = q.view(b, nq, heads, d // heads).transpose(1, 2)
+        k = k.view(b, nk, heads, d // heads).transpose(1, 2)
+        v = v.view(b, nk, heads, d // heads).transpose(1, 2)
+        o = F.scaled_dot_product_attention(q, k, v)
+        return o.transpose(1, 2).reshape(b, nq, d)
+
+    @staticmethod
+    def symbolic(g, q, k, v, heads: int):  # noqa: ANN001, ANN205
+        out = g.op("com.microsoft::MultiHeadAttention", q, k, v, num_heads_i=heads)
+        out.setType(q.type())
+        return out
 
 
 class MLP(nn.Module):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from . import export_mode
 from .blocks import CrossAttentionTransformer
 
 
@@ -31,9 +32,15 @@ class GatedTransformerCore(nn.Module):
 
     def forward(self, x: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(x [B,1+N,D], s [B,1+N,D]) -> (features [B,1+N,D], new state [B,1+N,D])."""
-        update = torch.sigmoid(self.input_update(x) + self.state_update(state))
-        reset = torch.sigmoid(self.input_reset(x) + self.state_reset(state))
-        h = self.transformer(x, reset * self.state_layer_norm(state))
+        s = state.to(x.dtype)
+        update = torch.sigmoid(self.input_update(x) + self.state_update(s))
+        reset = torch.sigmoid(self.input_reset(x) + self.state_reset(s))
+        h = self.transformer(x, reset * self.state_layer_norm(s))
+        if export_mode.is_exporting():
+            # An exported graph keeps the state float32 around a lower-precision core: gates and
+            # transformer run in x's dtype, the blend in float32 (the state is fed back every
+            # frame, and rounding it to float16 each time accumulates over a stream).
+            update, h, state = update.float(), h.float(), state.float()
         state = (1 - update) * state + update * h
         return state, state
 
