@@ -646,11 +646,14 @@ class RVMNode(LifecycleNode):
             self._publish_tracks(cam, result)
         except Exception as exc:  # already counted as processed
             self._warn("tracking", f"{cam.name}: tracking failed: {exc!r}")
-        mask = cam.pipeline.update_mask(result, cam.pub_masks.get_subscription_count() > 0)
-        if mask is not None:
-            cam.pub_masks.publish(
-                Image(header=result.header, **_mono8(mask))  # input header, camera size
-            )
+        try:
+            mask = cam.pipeline.update_mask(result, cam.pub_masks.get_subscription_count() > 0)
+            if mask is not None:
+                cam.pub_masks.publish(
+                    Image(header=result.header, **_mono8(mask))  # input header, camera size
+                )
+        except Exception as exc:  # already counted as processed
+            self._warn("mask", f"{cam.name}: mask propagation failed: {exc!r}")
 
     def _publish_features(self, cam: _Camera, item: Any, r: Result, t0: float) -> None:
         """Publish the features (latency is measured to them) and count the frame processed."""
