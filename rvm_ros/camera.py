@@ -54,7 +54,7 @@ class PipelineConfig:
     tracks_max: int = 256
     tracks_reseed: bool = True  # re-seed empty grid cells when their track is lost
     tracks_lost_frames: int = 15  # consecutive invisible frames before a track is dropped
-    tracks_method: str = "rvm"  # "rvm" (features), "hybrid" (features + LK) or "lk"
+    tracks_method: str = "rvm"  # "rvm" (features), "hybrid" (+ LK), "lk" or "dis" (flow)
     mask_context: int = 7  # previous frames the mask propagation attends to (plus the seed)
 
     @classmethod
@@ -375,7 +375,7 @@ class CameraPipeline:
         hw = rgb.shape[:2]
         fmap = np.moveaxis(features, 0, -1)  # [h,w,D] view, as the tracker expects
         method = cfg.tracks_method
-        feat_arg = None if method == "lk" else fmap
+        feat_arg = None if method in ("lk", "dis") else fmap
         img_arg = None if method == "rvm" else rgb
         tr, t = self._tracker, self._tracks
         st = tr.update(feat_arg, img_arg, image_hw=hw)

@@ -219,7 +219,11 @@ PARAMETERS: dict[str, tuple[Any, str, tuple[float, float] | None]] = {
     "tracks.max": (256, "maximum tracks per camera", (0, 100000)),
     "tracks.reseed_when_lost": (True, "re-seed a grid cell when its track is lost", None),
     "tracks.lost_frames": (15, "invisible frames before a track is dropped", (1, 100000)),
-    "tracks.method": ("rvm", "tracker readout: rvm (features) | hybrid (features + LK) | lk", None),
+    "tracks.method": (
+        "rvm",
+        "tracker readout: rvm (features) | hybrid (features + LK) | lk | dis (DIS optical flow)",
+        None,
+    ),
     "reset_on_time_jump": (True, "reset a camera when its stamps go back or jump", None),
     "max_gap_sec": (1.0, "a gap between processed stamps above this resets (s)", (0.0, 1e6)),
     "stats_period_sec": (
@@ -261,7 +265,7 @@ PARAMETERS: dict[str, tuple[Any, str, tuple[float, float] | None]] = {
 _ENUMS = {
     "device": ("auto", "cpu", "cuda", "tensorrt"),
     "feature_dtype": ("float16", "float32"),
-    "tracks.method": ("rvm", "hybrid", "lk"),
+    "tracks.method": ("rvm", "hybrid", "lk", "dis"),
 }
 
 # REP-2003 sensor-data semantics (best effort, volatile) with the newest frame only: the worker

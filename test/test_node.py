@@ -1162,3 +1162,27 @@ def test_concurrent_service_calls_while_frames_stream(
     assert spin_until(lambda: outs.tracks[-1].header == final.header, timeout_sec=15.0)
     assert not removed & set(outs.tracks[-1].ids), "a removed track came back"
     assert cam.pipeline.stats.snapshot().frames_rejected == 0
+
+
+def test_dis_tracks_follow_a_translation(rvm_node, make_node, spin_until, model64):
+    """``tracks.method: dis`` runs the optical-flow tracker in the node: a smooth texture
+    shifted 2 px right per frame moves the interior tracks by 2 px per frame."""
+    import cv2
+
+    node = rvm_node(model64, ["/dis/image"], tracks__method="dis")
+    client = make_node("rvm_test_client")
+    outs = Outputs(client, "/dis/image")
+    pub = client.create_publisher(Image, "/dis/image", QOS)
+    cam = node.cameras[0]
+    _connect(spin_until, pub, lambda: cam.pub_features.get_subscription_count() >= 1)
+    rng = np.random.default_rng(0)
+    texture = cv2.GaussianBlur(rng.integers(0, 256, (64, 96, 3)).astype(np.uint8), (0, 0), 1.5)
+    t0 = 1_700_000_000 * 10**9
+    for i in range(4):
+        frame = np.ascontiguousarray(texture[:, 16 - 2 * i : 80 - 2 * i])  # content moves right
+        _send(spin_until, pub, _image(frame, t0 + i * 33_000_000), outs)
+    first, last = outs.tracks[0], outs.tracks[-1]
+    assert list(first.ids) == list(last.ids)
+    x0, x1 = np.array(first.x), np.array(last.x)
+    inner = (x0 > 12) & (x0 < 52) & (np.array(first.y) > 12) & (np.array(first.y) < 52)
+    np.testing.assert_allclose(np.median(x1[inner] - x0[inner]), 6.0, atol=0.5)
