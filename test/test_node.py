@@ -297,13 +297,14 @@ def _hostile(rng: np.random.Generator, i: int) -> Image:
 def test_fuzz_hostile_images(rvm_node, make_node, spin_until, model64):
     """1200 hostile images: 600 through the subscription (rclpy), 600 through the pipeline."""
     # A deeper input queue so that (almost) every hostile message reaches the node's slot.
+    # Two cameras (one raw, one compressed): two transports of one camera are refused.
     node = rvm_node(
-        model64, ["/fuzz/image", "/fuzz/image/compressed"], tracks__grid=[2, 2], qos__depth=100
+        model64, ["/fuzz/image", "/fuzz_c/image/compressed"], tracks__grid=[2, 2], qos__depth=100
     )
     client = make_node("rvm_test_client")
     outs = Outputs(client, "/fuzz/image")
     pub = client.create_publisher(Image, "/fuzz/image", QOS)
-    cpub = client.create_publisher(CompressedImage, "/fuzz/image/compressed", QOS)
+    cpub = client.create_publisher(CompressedImage, "/fuzz_c/image/compressed", QOS)
     cam, ccam = node.cameras
     _connect(spin_until, pub, lambda: cam.pub_features.get_subscription_count() >= 1)
     assert spin_until(lambda: cpub.get_subscription_count() >= 1, timeout_sec=10.0)
