@@ -59,7 +59,7 @@ def read_labels(path: str) -> np.ndarray:
             with PILImage.open(path) as im:
                 if im.mode in ("P", "L", "I", "I;16", "I;16B", "I;16L"):
                     return np.asarray(im)
-                raise ValueError(f"{path} is a {im.mode} image, not gray or palette label ids")
+                raise ValueError(f"{path}: {im.mode} image, not gray or palette label ids")
         except OSError as exc:
             raise ValueError(f"cannot read {path}: {exc}") from None
     import cv2
