@@ -224,10 +224,14 @@ def test_one_dds_env_for_children_and_this_process(monkeypatch):
         "PATH": "/bin",
     }
     assert dds_env("none", theirs)["FASTDDS_BUILTIN_TRANSPORTS"] == "DEFAULT"
+    # Set through monkeypatch, which puts all three back as they were after the test.
+    monkeypatch.setenv("FASTDDS_DEFAULT_PROFILES_FILE", "/before.xml")
+    monkeypatch.setenv("FASTRTPS_DEFAULT_PROFILES_FILE", "/before.xml")
     monkeypatch.setenv("FASTDDS_BUILTIN_TRANSPORTS", "SHM")
     assert use_rvm_dds_profile("/x.xml") == "/x.xml"
     assert os.environ["FASTDDS_DEFAULT_PROFILES_FILE"] == "/x.xml"
     assert "FASTDDS_BUILTIN_TRANSPORTS" not in os.environ
+    assert "FASTRTPS_DEFAULT_PROFILES_FILE" not in os.environ
     assert node_config({"dds_profile": "large_data"})["env"] == {
         "FASTDDS_BUILTIN_TRANSPORTS": "LARGE_DATA"
     }
