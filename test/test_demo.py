@@ -93,5 +93,5 @@ def test_demo_with_a_missing_model_fails_in_one_line_and_cleans_up(tmp_path):
     err = r.stderr.strip().splitlines()
     assert len(err) == 1 and str(model) in err[0] and "Traceback" not in r.stderr, r.stderr
     assert err[0].startswith("rvm demo: error: ")
-    assert list(tmp.iterdir()) == []  # the demo's temp dir is gone
+    assert list(tmp.glob("rvm-demo-*")) == []  # the demo's temp dir is gone
     assert _processes_mentioning(str(model)) == []  # no rvm_node (or player) left running
