@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from collections.abc import Callable
-from typing import Any
 
 from rvm_ros.bag_eval import bag_eval_args, cmd_bag_eval, cmd_make_bag, make_bag_args
 from rvm_ros.demo import cmd_demo, demo_args
@@ -117,31 +115,6 @@ def cmd_features(args: argparse.Namespace) -> int:
     return 0
 
 
-# -- track (query checks) --------------------------------------------------------------------
-def check_queries(queries: Any, num_frames: int, hw: tuple[int, int]) -> None:
-    """Raise ValueError naming the first query row (t, x, y) that is non-finite or outside the
-    video (frames 0..T-1, pixel centres -0.5..W-0.5 / H-0.5)."""
-    h, w = hw
-    for i, (t, x, y) in enumerate(queries):
-        row = f"query row {i} (t={t:g}, x={x:g}, y={y:g})"
-        if not all(map(math.isfinite, (t, x, y))):
-            raise ValueError(f"{row}: not finite")
-        if not 0 <= round(t) < num_frames:
-            raise ValueError(f"{row}: frame outside the video's {num_frames} frames")
-        if not (-0.5 <= x <= w - 0.5 and -0.5 <= y <= h - 0.5):
-            raise ValueError(f"{row}: outside the {w}x{h} image")
-
-
-def cmd_track_checked(args: argparse.Namespace) -> int:
-    """``rvm track``, with the queries checked against the video before any work."""
-    from .data.video import probe_video
-    from .eval.commands import read_queries
-
-    info = probe_video(args.video)
-    check_queries(read_queries(args.queries), info.num_frames, (info.height, info.width))
-    return cmd_track(args)
-
-
 # -- entry point -----------------------------------------------------------------------------
 Setup = Callable[[argparse.ArgumentParser], None]
 Run = Callable[[argparse.Namespace], int]
@@ -178,7 +151,7 @@ COMMANDS: dict[str, tuple[str, Setup, Run]] = {
     "track": (
         "track query points through a video (rvm/hybrid/lk/dis)",
         track_args,
-        cmd_track_checked,
+        cmd_track,
     ),
     "propagate": ("propagate a first-frame mask through a video", propagate_args, cmd_propagate),
     "eval": ("benchmarks: eval synthetic | tapvid DATA | davis DATA", eval_args, cmd_eval),

@@ -114,6 +114,37 @@ DEMO_BOXES = ((268.0, 52.0, 408.0, 359.0, 1), (128.0, 172.0, 226.0, 359.0, 2))
 DEMO_BOXES_HW = (360, 640)
 
 
+class DemoError(ValueError):
+    """The demo could not run (the node or the camera player failed): one line for the CLI."""
+
+
+def _last_line(text: str) -> str:
+    """The last non-empty line of a process's output ("" when there is none)."""
+    lines = text.strip().splitlines()
+    return lines[-1].strip() if lines else ""
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Stop a child as Ctrl-C would, kill it when it does not exit, and reap it."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def read_demo_frames(clip: Path, seconds: float, rate: float | None) -> tuple[np.ndarray, float]:
+    """The first ``seconds`` of ``clip`` at ``rate`` (default: its fps) -> (frames, fps); decodes
+    only those frames, not the whole clip."""
+    from rvm_ros.player import read_clip
+
+    fps = rate or read_clip(clip, 1)[1]
+    frames, _ = read_clip(clip, max(2, int(round(seconds * fps))))
+    return frames, fps
+
+
 def run_demo(
     clip: Path,
     out_dir: Path,
@@ -124,7 +155,6 @@ def run_demo(
 ) -> dict[str, Any]:
     """Play ``seconds`` of ``clip``: player process -> rvm_node process -> recorder here."""
     from rvm_ros.dds import use_rvm_dds_profile
-    from rvm_ros.player import read_clip
 
     use_rvm_dds_profile()  # before rclpy.init, here and (inherited) in the player and the node
     import rclpy
@@ -137,9 +167,7 @@ def run_demo(
     from rvm_ros.msg import FeatureMap, NodeStats, PointTracks
     from rvm_ros.srv import SetMask
 
-    frames, clip_fps = read_clip(clip)
-    fps = rate or clip_fps
-    frames = frames[: max(2, int(round(seconds * fps)))]
+    frames, fps = read_demo_frames(clip, seconds, rate)
     hw = frames.shape[1:3]
     model_path = ensure_model(model, hw, REPO / "runs" / "cache")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -147,73 +175,85 @@ def run_demo(
     # The node as `ros2 launch rvm_ros rvm.launch.py` would start it (package params file).
     node_cmd = [sys.executable, "-m", "rvm_ros.launch_local", f"image_topic:={topic}"]
     node_cmd += [f"model_path:={model_path}", f"device:={device}", "log_level:=warn"]
-    node_proc = subprocess.Popen(node_cmd, env=dict(os.environ))
+    diagnostics: dict[str, str] = {}
+    node_proc: subprocess.Popen | None = None
+    recorder: Recorder | None = None
     ctx = Context()
     rclpy.init(context=ctx)
     executor = SingleThreadedExecutor(context=ctx)
-    stamps_file = Path(tempfile.mkdtemp(prefix="rvm-demo-")) / "stamps.json"
-    diagnostics: dict[str, str] = {}
-    try:
-        recorder_node = rclpy.create_node("rvm_demo_recorder", context=ctx)
-        recorder = Recorder(
-            recorder_node,
-            out_dir / "rvm_demo",
-            {
-                f"{topic}/rvm/features": ("rvm_ros/msg/FeatureMap", FeatureMap),
-                f"{topic}/rvm/tracks": ("rvm_ros/msg/PointTracks", PointTracks),
-                f"{topic}/rvm/masks": ("sensor_msgs/msg/Image", Image),
-                "/rvm_node/stats": ("rvm_ros/msg/NodeStats", NodeStats),
-            },
-        )
-
-        def on_diagnostics(msg: Any) -> None:
-            for st in msg.status:
-                if st.hardware_id == topic:
-                    diagnostics.clear()
-                    diagnostics.update({kv.key: kv.value for kv in st.values})
-                elif st.name.endswith(": model"):
-                    diagnostics["model_message"] = st.message
-
-        recorder_node.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, 10)
-        executor.add_node(recorder_node)
-        spinner = threading.Thread(target=executor.spin, daemon=True)
-        spinner.start()
-        deadline = time.monotonic() + 60.0
-        while recorder_node.count_publishers(f"{topic}/rvm/masks") < 1:
-            if node_proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"rvm_node did not start (exit status {node_proc.poll()})")
-            time.sleep(0.05)
-        time.sleep(0.5)  # the node's publishers see the recorder's subscriptions
-        seeded = _seed_mask(recorder_node, f"{topic}/rvm/set_mask", SetMask, hw)
-        cmd = [sys.executable, "-m", "rvm_ros.player", str(clip), "--topic", topic]
-        cmd += ["--seconds", str(len(frames) / fps), "--rate", str(fps)]
-        cmd += ["--stamps", str(stamps_file)]
-        player = subprocess.run(
-            cmd, env=dict(os.environ), capture_output=True, text=True, timeout=120
-        )
-        if player.returncode != 0:
-            raise RuntimeError(f"camera player failed: {player.stderr.strip()[-300:]}")
-        n_in = -1
-        deadline = time.monotonic() + 5.0  # the last frames, then one more diagnostics report
-        while time.monotonic() < deadline:
-            time.sleep(1.2)
-            if diagnostics.get("frames_in") == n_in and "frames_processed" in diagnostics:
-                break
-            n_in = diagnostics.get("frames_in")
-        recorder.close()
-    finally:
-        executor.shutdown(timeout_sec=2.0)
-        for n in list(executor.get_nodes()):
-            n.destroy_node()
-        ctx.try_shutdown()
-        node_proc.send_signal(signal.SIGINT)
+    with tempfile.TemporaryDirectory(prefix="rvm-demo-") as tmp:
+        stamps_file = Path(tmp) / "stamps.json"
+        node_log = Path(tmp) / "node.log"
         try:
-            node_proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            node_proc.kill()
+            # The node's log goes to a file: a pipe nobody reads would stall it when full.
+            with node_log.open("w") as log:
+                node_proc = subprocess.Popen(node_cmd, env=dict(os.environ), stderr=log)
+            recorder_node = rclpy.create_node("rvm_demo_recorder", context=ctx)
+            recorder = Recorder(
+                recorder_node,
+                out_dir / "rvm_demo",
+                {
+                    f"{topic}/rvm/features": ("rvm_ros/msg/FeatureMap", FeatureMap),
+                    f"{topic}/rvm/tracks": ("rvm_ros/msg/PointTracks", PointTracks),
+                    f"{topic}/rvm/masks": ("sensor_msgs/msg/Image", Image),
+                    "/rvm_node/stats": ("rvm_ros/msg/NodeStats", NodeStats),
+                },
+            )
 
-    played = json.loads(stamps_file.read_text())
-    shutil.rmtree(stamps_file.parent, ignore_errors=True)
+            def on_diagnostics(msg: Any) -> None:
+                for st in msg.status:
+                    if st.hardware_id == topic:
+                        diagnostics.clear()
+                        diagnostics.update({kv.key: kv.value for kv in st.values})
+                    elif st.name.endswith(": model"):
+                        diagnostics["model_message"] = st.message
+
+            recorder_node.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, 10)
+            executor.add_node(recorder_node)
+            spinner = threading.Thread(target=executor.spin, daemon=True)
+            spinner.start()
+            deadline = time.monotonic() + 60.0
+            while recorder_node.count_publishers(f"{topic}/rvm/masks") < 1:
+                if node_proc.poll() is not None:
+                    why = _last_line(node_log.read_text(errors="replace"))
+                    raise DemoError(why or f"rvm_node exited with status {node_proc.returncode}")
+                if time.monotonic() > deadline:
+                    raise DemoError("rvm_node did not start within 60 s")
+                time.sleep(0.05)
+            time.sleep(0.5)  # the node's publishers see the recorder's subscriptions
+            seeded = _seed_mask(recorder_node, f"{topic}/rvm/set_mask", SetMask, hw)
+            cmd = [sys.executable, "-m", "rvm_ros.player", str(clip), "--topic", topic]
+            cmd += ["--seconds", str(len(frames) / fps), "--rate", str(fps)]
+            cmd += ["--stamps", str(stamps_file)]
+            # The clip's length plus time for discovery and start-up.
+            timeout = len(frames) / fps + 90.0
+            try:
+                player = subprocess.run(
+                    cmd, env=dict(os.environ), capture_output=True, text=True, timeout=timeout
+                )
+            except subprocess.TimeoutExpired:
+                raise DemoError(f"camera player did not finish within {timeout:.0f} s") from None
+            if player.returncode != 0:
+                why = _last_line(player.stderr) or f"exit status {player.returncode}"
+                raise DemoError(f"camera player failed: {why}")
+            n_in = -1
+            deadline = time.monotonic() + 5.0  # the last frames, then one more diagnostics report
+            while time.monotonic() < deadline:
+                time.sleep(1.2)
+                if diagnostics.get("frames_in") == n_in and "frames_processed" in diagnostics:
+                    break
+                n_in = diagnostics.get("frames_in")
+            played = json.loads(stamps_file.read_text())
+        finally:
+            if recorder is not None:
+                recorder.close()
+            executor.shutdown(timeout_sec=2.0)
+            for n in list(executor.get_nodes()):
+                n.destroy_node()
+            ctx.try_shutdown()
+            if node_proc is not None:
+                _stop(node_proc)
+
     stamps = {tuple(st): i for i, st in enumerate(played["stamps"])}
     msgs = recorder.messages
     feats = [deserialize_message(raw, FeatureMap) for _, raw in msgs[f"{topic}/rvm/features"]]
@@ -299,6 +339,7 @@ def write_video(
     of the frame two thirds in (480 px wide)."""
     import cv2
 
+    from rvm_ros.image_codec import decode_mono8
     from rvm_ros.messages import features_from_msg, tracks_from_msg
     from rvm_ros.visualize import PCAColorizer, debug_image, draw_trails, overlay_mask
 
@@ -323,8 +364,7 @@ def write_video(
             img = debug_image(frames[stamps[k]], colorizer(features_from_msg(fm)), [], [])
             m = mask_by_stamp.get(k)
             if m is not None:
-                ids = np.frombuffer(bytes(m.data), np.uint8).reshape(m.height, m.step)
-                img = overlay_mask(img, ids[:, : m.width])
+                img = overlay_mask(img, decode_mono8(m))
             visible: dict[int, bool] = {}
             tr = by_stamp.get(k)
             if tr is not None:

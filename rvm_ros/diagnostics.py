@@ -44,21 +44,39 @@ class RuntimeInfo:
     provider: str = ""  # ONNX Runtime execution provider actually used
     device: str = ""
     input_hw: tuple[int, int] | None = None
+    requested_device: str = ""  # the node's ``device`` parameter ("": not known)
+    fallback: str = ""  # why the setups tried before the one in use failed ("": none failed)
 
 
-def runtime_info(runtime: Any, model_id: str, model_path: str, input_hw: Any) -> RuntimeInfo:
-    """RuntimeInfo from an ``RVMRuntime`` (or anything with ``device``/``session``)."""
+def runtime_info(
+    runtime: Any, model_id: str, model_path: str, input_hw: Any, requested_device: str = ""
+) -> RuntimeInfo:
+    """RuntimeInfo from an ``RVMRuntime`` (or anything with ``device``/``session``; its
+    ``attempts``, when present, give the reasons of a fallback)."""
     provider = ""
     session = getattr(runtime, "session", None)
     if session is not None and hasattr(session, "get_providers"):
         provider = (session.get_providers() or [""])[0]
+    reasons = [a.reason for a in getattr(runtime, "attempts", []) if a.reason]
     return RuntimeInfo(
         model_id=model_id,
         model_path=model_path,
         provider=provider,
         device=str(getattr(runtime, "device", "")),
         input_hw=tuple(input_hw) if input_hw else None,
+        requested_device=requested_device,
+        fallback="; ".join(dict.fromkeys(reasons)),  # one missing library fails several setups
     )
+
+
+def fallback_message(info: RuntimeInfo) -> str:
+    """ "<device> requested, running on <other>: <reason>" when an explicitly requested device
+    (cuda, tensorrt) is not the one in use, else ""."""
+    want = info.requested_device
+    if want not in ("cuda", "tensorrt") or not info.device or info.device == want:
+        return ""
+    used = "the CPU" if info.device == "cpu" else info.device
+    return f"{want} requested, running on {used}: {info.fallback or 'no reason recorded'}"
 
 
 def _kv(values: dict[str, Any]) -> list[KeyValue]:
@@ -91,8 +109,9 @@ def camera_level(
     if snap.since_processed_s >= config.warn_after_sec:
         return WARN, f"no frame processed for {snap.since_processed_s:.1f} s"
     if rejected > 0:
-        reasons = ", ".join(sorted(snap.rejected_by_reason))
-        return WARN, f"{rejected} frames rejected ({reasons})"
+        before = prev.rejected_by_reason if prev else {}
+        new = [k for k, n in sorted(snap.rejected_by_reason.items()) if n > before.get(k, 0)]
+        return WARN, f"{rejected} frames rejected ({', '.join(new)})"
     if config.min_fps > 0 and snap.fps < config.min_fps:
         return WARN, f"{snap.fps:.1f} fps < min_fps {config.min_fps:g}"
     return OK, f"{snap.fps:.1f} fps"
@@ -140,9 +159,13 @@ def camera_status(
 
 
 def model_status(node: str, state: str, info: RuntimeInfo | None, error: str) -> DiagnosticStatus:
-    """The model/runtime status: OK when loaded (any lifecycle state), ERROR with the reason of
-    a failed configuration, STALE when nothing is loaded."""
-    if info is not None:
+    """The model/runtime status: OK when loaded (any lifecycle state), WARN when loaded on another
+    device than the one requested, ERROR with the reason of a failed configuration, STALE when
+    nothing is loaded."""
+    fallback = fallback_message(info) if info is not None else ""
+    if fallback:
+        level, message = WARN, fallback
+    elif info is not None:
         level, message = OK, f"{info.model_id} on {info.provider or info.device} ({state})"
     elif error:
         level, message = ERROR, error
@@ -155,6 +178,8 @@ def model_status(node: str, state: str, info: RuntimeInfo | None, error: str) ->
         "model_path": info.model_path if info else "",
         "provider": info.provider if info else "",
         "device": info.device if info else "",
+        "requested_device": info.requested_device if info else "",
+        "fallback": info.fallback if info else "",
         "input_size": f"{hw[0]}x{hw[1]}" if hw else "",
     }
     return DiagnosticStatus(

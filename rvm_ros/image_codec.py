@@ -149,6 +149,22 @@ def decode_image(msg: Any, max_pixels: int = DEFAULT_MAX_PIXELS, depth_max: int 
     )
 
 
+def decode_mono8(msg: Any) -> np.ndarray:
+    """A ``mono8`` sensor_msgs/Image (e.g. the node's label masks) -> uint8 [H,W] (a new array,
+    row padding removed); raises ImageError."""
+    height, width, step = int(msg.height), int(msg.width), int(msg.step)
+    _check_size(height, width, DEFAULT_MAX_PIXELS)
+    if msg.encoding not in ("mono8", "8UC1"):
+        raise ImageError("encoding", f"expected mono8, got {msg.encoding[:32]!r}")
+    if step < width:
+        raise ImageError("step", f"step {step} < {width} bytes for {width} px of mono8")
+    buf = np.frombuffer(bytes(msg.data), np.uint8)
+    need = step * (height - 1) + width
+    if buf.size < need:
+        raise ImageError("truncated", f"data has {buf.size} bytes, {width}x{height} needs {need}")
+    return np.lib.stride_tricks.as_strided(buf, (height, width), (step, 1)).copy()
+
+
 def compressed_size(data: bytes) -> tuple[int, int] | None:
     """(width, height) from a PNG or baseline/progressive JPEG header, or None if unknown."""
     if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24:

@@ -19,15 +19,9 @@ IMAGE_TOPIC_PARAM_DEFAULT = "image"
 
 def default_params_file() -> str:
     """config/rvm.yaml from the installed share directory, else from this source checkout."""
-    try:
-        from ament_index_python.packages import get_package_share_directory
+    from rvm_ros.dds import share_file
 
-        path = Path(get_package_share_directory(PACKAGE)) / "config" / "rvm.yaml"
-        if path.is_file():
-            return str(path)
-    except Exception:  # not installed as a ROS package (pip / source checkout)
-        pass
-    return str(Path(__file__).resolve().parent.parent / "config" / "rvm.yaml")
+    return share_file("config/rvm.yaml")
 
 
 def default_model_path() -> str:
@@ -54,7 +48,7 @@ LAUNCH_ARGUMENTS: dict[str, tuple[str, str]] = {
     "dds_profile": (
         "",
         "Fast DDS XML profile for the node (empty: the package's config/fastdds.xml unless the "
-        "environment sets one; none: Fast DDS defaults)",
+        "environment sets one; none: Fast DDS defaults; large_data: Fast DDS's LARGE_DATA)",
     ),
 }
 
@@ -67,17 +61,12 @@ def _flag(name: str, text: str) -> bool:
 
 
 def dds_env(profile: str, environ: dict[str, str] | None = None) -> dict[str, str]:
-    """Environment variables the node needs for launch argument ``dds_profile``."""
-    from rvm_ros.dds import PROFILE_ENV, use_rvm_dds_profile
+    """Environment variables the node needs on top of ``environ`` for launch argument
+    ``dds_profile`` (launch's ``additional_env`` can only add)."""
+    from rvm_ros.dds import dds_env as child_env
 
-    if profile.strip().lower() == "none":
-        return {"FASTDDS_BUILTIN_TRANSPORTS": "DEFAULT"}  # Fast DDS's own default transports
-    if profile:
-        return {PROFILE_ENV: profile}
-    env = dict(os.environ if environ is None else environ)
-    before = dict(env)
-    use_rvm_dds_profile(env)
-    return {k: v for k, v in env.items() if before.get(k) != v}
+    base = dict(os.environ if environ is None else environ)
+    return {k: v for k, v in child_env(profile, base).items() if base.get(k) != v}
 
 
 def node_config(values: dict[str, str]) -> dict:

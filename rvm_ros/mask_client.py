@@ -3,10 +3,11 @@
     python -m rvm_ros.mask_client /camera/image_raw --box 268 52 408 359 1 --point 170 250 2
     python -m rvm_ros.mask_client /camera/image_raw --labels seed.png --masks 10
 
-``--labels`` is a label image file (8/16-bit PNG, ids 0 = background) at the camera's resolution;
-``--box X0 Y0 X1 Y1 LABEL`` and ``--point X Y LABEL`` (``--radius`` px) are painted over it. The
-client calls ``<camera>/rvm/set_mask``, prints the answer, then prints ``--masks`` received
-``<camera>/rvm/masks`` (label ids per frame). Exit status 1 when the seed is refused.
+``--labels`` is a label image file (8/16-bit gray or palette PNG, ids 0 = background) at the
+camera's resolution; ``--box X0 Y0 X1 Y1 LABEL`` and ``--point X Y LABEL`` (``--radius`` px) are
+painted over it. The client calls ``<camera>/rvm/set_mask``, prints the answer, then prints
+``--masks`` received ``<camera>/rvm/masks`` (label ids per frame). Exit status 1 when the seed
+is refused.
 """
 
 from __future__ import annotations
@@ -46,6 +47,34 @@ def build_request(labels: np.ndarray | None, boxes: list, points: list, radius: 
     return req
 
 
+def read_labels(path: str) -> np.ndarray:
+    """Label ids [H,W] from a gray 8/16-bit image or a palette PNG (DAVIS-style: the palette
+    indices are the ids); ValueError in one line otherwise."""
+    try:
+        from PIL import Image as PILImage
+    except ImportError:  # Pillow is optional: OpenCV reads gray images, not palette indices
+        PILImage = None
+    if PILImage is not None:
+        try:
+            with PILImage.open(path) as im:
+                if im.mode in ("P", "L", "I", "I;16", "I;16B", "I;16L"):
+                    return np.asarray(im)
+                raise ValueError(f"{path}: {im.mode} image, not gray or palette label ids")
+        except OSError as exc:
+            raise ValueError(f"cannot read {path}: {exc}") from None
+    import cv2
+
+    labels = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    if labels is None:
+        raise ValueError(f"cannot read {path}")
+    if labels.ndim != 2:
+        raise ValueError(
+            f"{path} has {labels.shape[2]} channels: give a gray label image "
+            "(palette PNGs need Pillow: pip install pillow)"
+        )
+    return labels
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m rvm_ros.mask_client", description=__doc__)
     p.add_argument("camera", help="the node's camera topic, e.g. /camera/image_raw")
@@ -60,15 +89,15 @@ def main(argv: list[str] | None = None) -> int:
     import rclpy
     from sensor_msgs.msg import Image
 
+    from rvm_ros.image_codec import decode_mono8
     from rvm_ros.srv import SetMask
 
     labels = None
     if a.labels:
-        import cv2
-
-        labels = cv2.imread(a.labels, cv2.IMREAD_UNCHANGED)
-        if labels is None or labels.ndim != 2:
-            print(f"mask_client: error: {a.labels} is not a one-channel image", file=sys.stderr)
+        try:
+            labels = read_labels(a.labels)
+        except ValueError as exc:
+            print(f"mask_client: error: {exc}", file=sys.stderr)
             return 1
     base = a.camera.rstrip("/").removesuffix("/compressed")
     rclpy.init()
@@ -93,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         while len(got) < a.masks and time.monotonic() < deadline:
             rclpy.spin_once(node, timeout_sec=0.1)
         for m in got[: a.masks]:
-            ids = np.frombuffer(bytes(m.data), np.uint8).reshape(m.height, m.step)[:, : m.width]
+            ids = decode_mono8(m)
             area = {int(v): int(n) for v, n in zip(*np.unique(ids, return_counts=True)) if v}
             stamp = m.header.stamp.sec + m.header.stamp.nanosec * 1e-9
             print(f"mask {stamp:.3f} {m.width}x{m.height} pixels per label {area}")

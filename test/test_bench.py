@@ -186,3 +186,27 @@ def test_transport_counts_are_consistent() -> None:
     assert r["published"] > 0 and r["node_received"] >= 0, r
     assert r["processed"] + r["dropped"] + r["rejected"] <= r["node_received"] <= r["published"], r
     assert "published" in format_report(r).splitlines()[1]
+
+
+def test_bench_size_must_be_hxw() -> None:
+    from rvm_core.bench.node import parse_hw
+
+    assert parse_hw("480x640") == (480, 640)
+    for bad in ("48x", "x640", "480", "0x640", "480x640x3", "ax640"):
+        with pytest.raises(ValueError, match=r"--size must be HxW, e\.g\. 480x640"):
+            parse_hw(bad)
+
+
+def test_transport_fails_at_once_when_the_node_exits(tmp_path) -> None:
+    """A node that cannot load its model: the node's own error, and this process's environment
+    as it was."""
+    pytest.importorskip("rclpy")
+    import os
+
+    from rvm_core.bench.transport import bench_transport
+
+    before = dict(os.environ)
+    missing = tmp_path / "missing.onnx"
+    with pytest.raises(RuntimeError, match=f"rvm_node exited: .*{missing}"):
+        bench_transport(missing, (48, 64), seconds=1.0, rate=5.0, dds="default", qos="sensor")
+    assert dict(os.environ) == before

@@ -60,3 +60,38 @@ def test_demo_records_draws_and_summarises(tmp_path, capsys):
     video.release()
     picture = cv2.imread(str(tmp_path / "demo_frame.png"))
     assert picture is not None and picture.shape[1] == 480
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    """Ids of running processes whose command line contains ``text``."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().decode(errors="ignore")
+            if text in cmdline:
+                found.append(int(proc.name))
+        except OSError:  # exited while we looked
+            pass
+    return found
+
+
+def test_demo_with_a_missing_model_fails_in_one_line_and_cleans_up(tmp_path):
+    """A node that cannot start: one error line naming the model, no temp dir, no process left."""
+    import os
+    import subprocess
+
+    model = tmp_path / f"missing-{os.getpid()}.onnx"
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    cmd = [sys.executable, "-m", "rvm_core.cli", "demo", "--model", str(model), "--seconds", "1"]
+    cmd += ["--out", str(tmp_path / "out")]
+    env = {**os.environ, "TMPDIR": str(tmp)}
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0
+    err = r.stderr.strip().splitlines()
+    assert len(err) == 1 and str(model) in err[0] and "Traceback" not in r.stderr, r.stderr
+    assert err[0].startswith("rvm demo: error: ")
+    assert list(tmp.glob("rvm-demo-*")) == []  # the demo's temp dir is gone
+    assert _processes_mentioning(str(model)) == []  # no rvm_node (or player) left running

@@ -170,3 +170,18 @@ def test_random_garbage_never_escapes_as_other_errors():
         except ImageError:
             continue
         assert out.shape == (h, w, 3) and out.dtype == np.uint8
+
+
+def test_decode_mono8_drops_row_padding_and_checks_the_message():
+    from rvm_ros.image_codec import decode_mono8
+
+    ids = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    padded = np.zeros((3, 6), np.uint8)
+    padded[:, :4] = ids
+    msg = Image(height=3, width=4, encoding="mono8", step=6, data=padded.tobytes()[:-2])
+    out = decode_mono8(msg)
+    assert out.shape == (3, 4) and out.dtype == np.uint8 and np.array_equal(out, ids)
+    with pytest.raises(ImageError, match="expected mono8"):
+        decode_mono8(Image(height=3, width=4, encoding="rgb8", step=12, data=bytes(36)))
+    with pytest.raises(ImageError, match="needs"):
+        decode_mono8(Image(height=3, width=4, encoding="mono8", step=4, data=bytes(5)))

@@ -203,3 +203,35 @@ def test_launch_local_without_autostart_waits_for_lifecycle(make_node, spin_unti
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def test_one_dds_env_for_children_and_this_process(monkeypatch):
+    """dds_env gives a child's environment for every choice; use_rvm_dds_profile applies it."""
+    import os
+
+    from rvm_ros.dds import dds_env, dds_profile_path, share_file, use_rvm_dds_profile
+    from rvm_ros.launch_args import default_params_file
+
+    assert Path(share_file("config/fastdds.xml")) == Path(dds_profile_path())
+    assert Path(default_params_file()) == Path(share_file("config/rvm.yaml"))
+    assert Path(default_params_file()).is_file()
+    theirs = {"FASTDDS_DEFAULT_PROFILES_FILE": "/theirs.xml", "PATH": "/bin"}
+    assert dds_env("", theirs) == theirs  # the user's choice wins over the automatic one
+    forced = dds_env("rvm", theirs)  # an explicit choice replaces it
+    assert forced == {"FASTDDS_DEFAULT_PROFILES_FILE": dds_profile_path(), "PATH": "/bin"}
+    assert dds_env("large_data", theirs) == {
+        "FASTDDS_BUILTIN_TRANSPORTS": "LARGE_DATA",
+        "PATH": "/bin",
+    }
+    assert dds_env("none", theirs)["FASTDDS_BUILTIN_TRANSPORTS"] == "DEFAULT"
+    # Set through monkeypatch, which puts all three back as they were after the test.
+    monkeypatch.setenv("FASTDDS_DEFAULT_PROFILES_FILE", "/before.xml")
+    monkeypatch.setenv("FASTRTPS_DEFAULT_PROFILES_FILE", "/before.xml")
+    monkeypatch.setenv("FASTDDS_BUILTIN_TRANSPORTS", "SHM")
+    assert use_rvm_dds_profile("/x.xml") == "/x.xml"
+    assert os.environ["FASTDDS_DEFAULT_PROFILES_FILE"] == "/x.xml"
+    assert "FASTDDS_BUILTIN_TRANSPORTS" not in os.environ
+    assert "FASTRTPS_DEFAULT_PROFILES_FILE" not in os.environ
+    assert node_config({"dds_profile": "large_data"})["env"] == {
+        "FASTDDS_BUILTIN_TRANSPORTS": "LARGE_DATA"
+    }

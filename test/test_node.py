@@ -1187,3 +1187,96 @@ def test_dis_tracks_follow_a_translation(rvm_node, make_node, spin_until, model6
     x0, x1 = np.array(first.x), np.array(last.x)
     inner = (x0 > 12) & (x0 < 52) & (np.array(first.y) > 12) & (np.array(first.y) < 52)
     np.testing.assert_allclose(np.median(x1[inner] - x0[inner]), 6.0, atol=0.5)
+
+
+def test_model_status_warns_when_the_requested_device_fell_back():
+    """cuda/tensorrt requested but running elsewhere: WARN with the reason; auto on the CPU: OK."""
+    from diagnostic_msgs.msg import DiagnosticStatus
+
+    from rvm_ros.diagnostics import RuntimeInfo, model_status
+
+    def status(requested: str, device: str, fallback: str) -> DiagnosticStatus:
+        info = RuntimeInfo("m", "/m.onnx", "", device, (64, 64), requested, fallback)
+        return model_status("rvm_node", "active", info, "")
+
+    s = status("cuda", "cpu", "libcudart.so.12: cannot open shared object file")
+    assert s.level == DiagnosticStatus.WARN
+    assert s.message == (
+        "cuda requested, running on the CPU: libcudart.so.12: cannot open shared object file"
+    )
+    assert {kv.key: kv.value for kv in s.values}["requested_device"] == "cuda"
+    assert status("tensorrt", "cuda", "no TensorRT").message == (
+        "tensorrt requested, running on cuda: no TensorRT"
+    )
+    assert status("auto", "cpu", "no CUDA").level == DiagnosticStatus.OK  # auto: CPU is fine
+    assert status("cuda", "cuda", "").level == DiagnosticStatus.OK
+    assert status("", "cpu", "no CUDA").level == DiagnosticStatus.OK  # request not known
+
+
+def test_runtime_info_takes_the_fallback_reasons_from_the_runtime(model64):
+    """A real RVMRuntime asked for cuda on a machine where cuda does not work."""
+    from diagnostic_msgs.msg import DiagnosticStatus
+
+    from rvm_ros.diagnostics import model_status, runtime_info
+    from rvm_ros.runtime import RVMRuntime
+
+    rt = RVMRuntime(model64, device="cuda")
+    try:
+        if rt.device != "cpu":
+            pytest.skip("cuda works here: nothing falls back")
+        info = runtime_info(rt, "m", str(model64), (64, 64), requested_device="cuda")
+        reason = next(a.reason for a in rt.attempts if a.reason)
+        assert rt.attempts[-1].setup == "cpu" and reason in info.fallback
+        s = model_status("rvm_node", "active", info, "")
+        assert s.level == DiagnosticStatus.WARN
+        assert s.message.startswith("cuda requested, running on the CPU: ")
+    finally:
+        rt.close()
+
+
+def test_camera_level_names_only_the_rejections_since_the_last_report():
+    from diagnostic_msgs.msg import DiagnosticStatus
+
+    from rvm_ros.diagnostics import DiagnosticsConfig, camera_level
+    from rvm_ros.stats import StatsSnapshot
+
+    def snap(rejected: dict[str, int]) -> StatsSnapshot:
+        return StatsSnapshot(
+            frames_in=20,
+            frames_processed=10,
+            frames_rejected=sum(rejected.values()),
+            fps=10.0,
+            rejected_by_reason=rejected,
+            since_received_s=0.1,
+            since_processed_s=0.1,
+        )
+
+    config = DiagnosticsConfig()
+    prev = snap({"encoding": 3})
+    now = snap({"encoding": 3, "too_large": 2})
+    assert camera_level(now, prev, True, config) == (
+        DiagnosticStatus.WARN,
+        "2 frames rejected (too_large)",
+    )
+    assert camera_level(now, None, True, config)[1] == "5 frames rejected (encoding, too_large)"
+    assert camera_level(now, now, True, config) == (DiagnosticStatus.OK, "10.0 fps")
+
+
+def test_mask_client_reads_palette_and_gray_label_pngs(tmp_path):
+    """DAVIS-style palette PNGs give their palette indices; RGB images are refused in one line."""
+    import cv2
+    from PIL import Image as PILImage
+
+    from rvm_ros.mask_client import read_labels
+
+    ids = np.zeros((6, 8), np.uint8)
+    ids[1:3, 2:5], ids[4:, 6:] = 1, 2
+    im = PILImage.fromarray(ids, mode="P")
+    im.putpalette([0, 0, 0, 128, 0, 0, 0, 128, 0] + [0] * 759)
+    im.save(tmp_path / "p.png")
+    assert np.array_equal(read_labels(str(tmp_path / "p.png")), ids)
+    cv2.imwrite(str(tmp_path / "g.png"), ids)
+    assert np.array_equal(read_labels(str(tmp_path / "g.png")), ids)
+    cv2.imwrite(str(tmp_path / "c.png"), np.zeros((6, 8, 3), np.uint8))
+    with pytest.raises(ValueError, match="c.png: RGB image, not gray or palette label ids"):
+        read_labels(str(tmp_path / "c.png"))

@@ -59,6 +59,14 @@ def default_model(input_hw: tuple[int, int], cache: Path | None = None) -> Path:
     )
 
 
+def parse_hw(text: str) -> tuple[int, int]:
+    """``--size`` "HxW" -> (H, W); ValueError with the expected form otherwise."""
+    parts = text.lower().split("x")
+    if len(parts) != 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        raise ValueError(f"--size must be HxW, e.g. 480x640 (got {text!r})")
+    return int(parts[0]), int(parts[1])
+
+
 def _reliability() -> str:
     """QoS reliability of every endpoint of the run (``--qos``, passed on in the environment)."""
     return os.environ.get("RVM_BENCH_RELIABILITY", "best_effort")
@@ -314,8 +322,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--qos",
         choices=("best_effort", "reliable"),
-        # Reliable, as before the package's DDS profile existed (comparable numbers); with the
-        # profile best effort delivers raw frames too (`rvm bench transport`).
+        # Reliable, so that the latencies measure the node rather than transport losses; with
+        # the package's DDS profile best effort delivers raw frames too (`rvm bench transport`).
         default="reliable",
         help="reliability of the publisher, the node's input and the receivers",
     )
@@ -323,7 +331,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    hw = tuple(int(v) for v in args.size.lower().split("x"))
+    hw = parse_hw(args.size)
     os.environ["RVM_BENCH_RELIABILITY"] = args.qos
     seconds, steps = (args.seconds, args.steps) if not args.quick else (2.0, 10)
     model = Path(args.model) if args.model else default_model(hw)

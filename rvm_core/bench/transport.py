@@ -10,17 +10,22 @@ newer frame while the model ran: ``dropped``) and rejected.
 
 ``--dds rvm`` (default) runs every process with the package's Fast DDS profile
 (config/fastdds.xml: a shared-memory segment that holds raw frames); ``--dds default`` with Fast
-DDS's defaults, to see why the profile exists. Counts, not timings: not a timed test.
+DDS's defaults, to see why the profile exists; ``--dds large_data`` with Fast DDS's builtin
+LARGE_DATA transports (``FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA``, one variable, no XML). The
+environment of this process is restored afterwards. Counts, not timings: not a timed test.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,20 +33,36 @@ TOPIC = "/rvm_bench/transport/image"
 
 
 def _env(dds: str) -> dict[str, str]:
-    """Environment of every process of the run (own ROS domain, the chosen DDS profile)."""
-    from rvm_ros.dds import PROFILE_ENV, dds_profile_path
+    """Environment of every process of the run (own ROS domain, the chosen DDS setup)."""
+    from rvm_ros.dds import dds_env
 
     env = dict(os.environ)
     env.setdefault("ROS_DOMAIN_ID", str(1 + os.getpid() % 100))
     env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    env.pop("FASTDDS_BUILTIN_TRANSPORTS", None)
-    env.pop(PROFILE_ENV, None)
-    if dds == "rvm":
-        env[PROFILE_ENV] = dds_profile_path()
-    else:  # set: rvm_node then leaves Fast DDS's defaults alone
-        env["FASTDDS_BUILTIN_TRANSPORTS"] = "DEFAULT"
     env["RVM_BENCH_RELIABILITY"] = "reliable"  # the player publishes like a driver
-    return env
+    return dds_env(dds, env)
+
+
+@contextlib.contextmanager
+def _environ(env: dict[str, str]) -> Iterator[None]:
+    """This process runs with ``env`` (its DDS participant reads it) and gets its own back."""
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def _last_line(path: Path) -> str:
+    """The last non-empty line of a log file ("" when there is none)."""
+    try:
+        lines = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return lines[-1].strip() if lines else ""
 
 
 class _Counter:
@@ -74,13 +95,17 @@ class _Counter:
             if s.hardware_id == TOPIC:
                 self.diagnostics = {kv.key: kv.value for kv in s.values}
 
-    def wait_for_node(self, timeout: float = 60.0) -> bool:
+    def wait_for_node(self, node: subprocess.Popen, log: Path, timeout: float = 60.0) -> None:
+        """Return once the node subscribes to the camera topic; RuntimeError when its process
+        exits (with its last stderr line) or ``timeout`` passes."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.node.count_subscribers(TOPIC) >= 2:  # this one and the node's
-                return True
+        while self.node.count_subscribers(TOPIC) < 2:  # this one and the node's
+            if node.poll() is not None:
+                why = _last_line(log) or f"exit status {node.returncode}"
+                raise RuntimeError(f"rvm_node exited: {why}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"rvm_node did not subscribe to {TOPIC} within {timeout:g} s")
             time.sleep(0.05)
-        return False
 
     def close(self) -> None:
         self.executor.shutdown(timeout_sec=1.0)
@@ -106,11 +131,6 @@ def bench_transport(
     from .node import play
 
     env = _env(dds)
-    os.environ.update({k: env[k] for k in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE")})
-    for key in ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTDDS_BUILTIN_TRANSPORTS"):
-        os.environ.pop(key, None)
-        if key in env:
-            os.environ[key] = env[key]
     # The plain subscriber counts what transport delivers: a deep history, so that a late
     # executor in this process does not overwrite samples (the node keeps its own depth).
     sub_qos = QoSProfile(depth=50, reliability=INPUT_QOS.reliability)
@@ -127,37 +147,45 @@ def bench_transport(
         node_cmd += ["-p", f"qos_overrides.{TOPIC}.subscription.reliability:=reliable"]
     if depth is not None:
         node_cmd += ["-p", f"qos_overrides.{TOPIC}.subscription.depth:={depth}"]
-    node = subprocess.Popen(node_cmd, env=env)
-    counter = _Counter(sub_qos)
-    try:
-        if not counter.wait_for_node():
-            raise RuntimeError("rvm_node did not come up (no subscriber on the camera topic)")
-        published = len(play(seconds, rate, hw, env, TOPIC))
-        time.sleep(2.5)  # the last frames through the node, then one more diagnostics report
-        d = counter.diagnostics
-        return {
-            "hw": hw,
-            "rate": rate,
-            "seconds": seconds,
-            "dds": dds,
-            "qos": qos,
-            "depth": depth or INPUT_QOS.depth,
-            "model_id": d.get("model_id", "?"),
-            "published": published,
-            "received": counter.received,
-            "node_received": int(d.get("frames_in", -1)),
-            "processed": int(d.get("frames_processed", -1)),
-            "dropped": int(d.get("frames_dropped", -1)),
-            "rejected": int(d.get("frames_rejected", -1)),
-            "latency_p50_ms": d.get("latency_p50_ms", "nan"),
-        }
-    finally:
-        counter.close()
-        node.terminate()
+    with tempfile.TemporaryDirectory(prefix="rvm-bench-transport-") as tmp, _environ(env):
+        log = Path(tmp) / "node.log"
+        node = None
+        counter = None
         try:
-            node.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            node.kill()
+            with log.open("w") as err:
+                node = subprocess.Popen(node_cmd, env=env, stderr=err)
+            counter = _Counter(sub_qos)
+            counter.wait_for_node(node, log)
+            published = len(play(seconds, rate, hw, env, TOPIC))
+            time.sleep(2.5)  # the last frames through the node, then one more diagnostics report
+            d = counter.diagnostics
+            received = counter.received
+        finally:
+            if counter is not None:
+                counter.close()
+            if node is not None:
+                node.terminate()
+                try:
+                    node.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    node.kill()
+                    node.wait()
+    return {
+        "hw": hw,
+        "rate": rate,
+        "seconds": seconds,
+        "dds": dds,
+        "qos": qos,
+        "depth": depth or INPUT_QOS.depth,
+        "model_id": d.get("model_id", "?"),
+        "published": published,
+        "received": received,
+        "node_received": int(d.get("frames_in", -1)),
+        "processed": int(d.get("frames_processed", -1)),
+        "dropped": int(d.get("frames_dropped", -1)),
+        "rejected": int(d.get("frames_rejected", -1)),
+        "latency_p50_ms": d.get("latency_p50_ms", "nan"),
+    }
 
 
 def format_report(r: dict[str, Any]) -> str:
@@ -181,9 +209,10 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--depth", type=int, default=None, help="the node's input history depth")
     p.add_argument(
         "--dds",
-        choices=("rvm", "default"),
+        choices=("rvm", "default", "large_data"),
         default="rvm",
-        help="Fast DDS profile of every process: the package's (shared memory) or the defaults",
+        help="Fast DDS setup of every process: the package's profile (shared memory), Fast "
+        "DDS's defaults, or FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA",
     )
     p.add_argument(
         "--qos",
@@ -194,9 +223,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .node import default_model
+    from .node import default_model, parse_hw
 
-    hw = tuple(int(v) for v in args.size.lower().split("x"))
+    hw = parse_hw(args.size)
     model = Path(args.model) if args.model else default_model(hw)
     r = bench_transport(model, hw, args.seconds, args.rate, args.dds, args.qos, args.depth)
     print(format_report(r))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import time
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -172,13 +173,26 @@ def track_args(p: argparse.ArgumentParser) -> None:
     _common_feature_args(p)
 
 
+def check_queries(queries: np.ndarray, num_frames: int, hw: tuple[int, int]) -> None:
+    """Raise ValueError naming the first query row (t, x, y) that is non-finite or outside the
+    video (frames 0..T-1, pixel centres -0.5..W-0.5 / H-0.5)."""
+    h, w = hw
+    for i, (t, x, y) in enumerate(queries):
+        row = f"query row {i} (t={t:g}, x={x:g}, y={y:g})"
+        if not all(map(math.isfinite, (t, x, y))):
+            raise ValueError(f"{row}: not finite")
+        if not 0 <= round(t) < num_frames:
+            raise ValueError(f"{row}: frame outside the video's {num_frames} frames")
+        if not (-0.5 <= x <= w - 0.5 and -0.5 <= y <= h - 0.5):
+            raise ValueError(f"{row}: outside the {w}x{h} image")
+
+
 def cmd_track(args: argparse.Namespace) -> int:
     from ..data.video import read_video
 
     queries = read_queries(args.queries)
     frames = read_video(args.video)
-    if len(queries) and np.round(queries[:, 0]).max() >= len(frames):
-        raise ValueError(f"a query frame is beyond the video's {len(frames)} frames")
+    check_queries(queries, len(frames), frames.shape[1:3])
     feats = None if args.method in IMAGE_ONLY else _feature_fn(args)
     t0 = time.perf_counter()
     tracks, occluded, scores = track_video(
