@@ -450,7 +450,10 @@ class RVMNode(LifecycleNode):
             self.model = model_info(runtime)
             path = str(getattr(runtime, "model_path", ""))
         self.runtime = runtime
-        self.info = runtime_info(runtime, self.model.model_id, path, self.model.input_hw)
+        # What was asked for, so /diagnostics can tell a fallback to the CPU (an injected
+        # runtime was set up by its caller).
+        requested = p["device"] if self._injected_runtime is None else ""
+        self.info = runtime_info(runtime, self.model.model_id, path, self.model.input_hw, requested)
         self.pipeline_config = PipelineConfig.from_params(p)
         self.diagnostics_config = DiagnosticsConfig(
             warn_after_sec=p["diagnostics.warn_after_sec"],

@@ -1280,3 +1280,28 @@ def test_mask_client_reads_palette_and_gray_label_pngs(tmp_path):
     cv2.imwrite(str(tmp_path / "c.png"), np.zeros((6, 8, 3), np.uint8))
     with pytest.raises(ValueError, match="c.png: RGB image, not gray or palette label ids"):
         read_labels(str(tmp_path / "c.png"))
+
+
+def test_node_reports_its_cuda_fallback(rclpy_context, model64):
+    """A node asked for cuda on a machine without it runs on the CPU and its model status
+    says so (WARN with the runtime's reason), not OK."""
+    from diagnostic_msgs.msg import DiagnosticStatus
+
+    from rvm_ros.diagnostics import model_status
+
+    node = RVMNode(
+        context=rclpy_context,
+        parameter_overrides=[
+            Parameter("model_path", value=str(model64)),
+            Parameter("device", value="cuda"),
+            Parameter("image_topics", value=["/fallback/image"]),
+        ],
+    )
+    try:
+        if node.runtime.device != "cpu":
+            pytest.skip("this machine runs the CUDA EP")
+        assert node.info.requested_device == "cuda" and node.info.fallback
+        s = model_status(node.get_name(), node.state, node.info, node.error)
+        assert s.level == DiagnosticStatus.WARN and s.message.startswith("cuda requested")
+    finally:
+        node.destroy_node()
