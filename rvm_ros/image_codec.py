@@ -68,6 +68,22 @@ def _check_size(height: int, width: int, max_pixels: int) -> None:
         )
 
 
+def unpack_rows(
+    data: Any, height: int, width: int, step: int, row_bytes: int, what: str
+) -> np.ndarray:
+    """The rows of a step-padded buffer -> uint8 view [H,row_bytes]; raises ImageError.
+
+    ``what`` names the pixel kind in the message; the last row need not be padded to a step.
+    """
+    if step < row_bytes:
+        raise ImageError("step", f"step {step} < {row_bytes} bytes for {width} px of {what}")
+    buf = np.frombuffer(data, dtype=np.uint8) if len(data) else np.zeros(0, np.uint8)
+    need = step * (height - 1) + row_bytes
+    if buf.size < need:
+        raise ImageError("truncated", f"data has {buf.size} bytes, {width}x{height} needs {need}")
+    return np.lib.stride_tricks.as_strided(buf, (height, row_bytes), (step, 1))
+
+
 def decode_raw(
     height: int,
     width: int,
@@ -89,14 +105,7 @@ def decode_raw(
     row_bytes = width * channels * depth
     if encoding in ("yuv422", "uyvy", "yuv422_yuy2", "yuyv") and width % 2:
         raise ImageError("size", f"{encoding} needs an even width, got {width}")
-    if step < row_bytes:
-        raise ImageError("step", f"step {step} < {row_bytes} bytes for {width} px of {encoding}")
-    buf = np.frombuffer(data, dtype=np.uint8) if len(data) else np.zeros(0, np.uint8)
-    # The last row need not be padded to a full step.
-    need = step * (height - 1) + row_bytes
-    if buf.size < need:
-        raise ImageError("truncated", f"data has {buf.size} bytes, {width}x{height} needs {need}")
-    rows = np.lib.stride_tricks.as_strided(buf, (height, row_bytes), (step, 1))
+    rows = unpack_rows(data, height, width, step, row_bytes, encoding)
     if depth == 2:
         dt = np.dtype(">u2" if is_bigendian else "<u2")
         px = np.ascontiguousarray(rows).view(dt).reshape(height, width, channels)
@@ -156,13 +165,7 @@ def decode_mono8(msg: Any) -> np.ndarray:
     _check_size(height, width, DEFAULT_MAX_PIXELS)
     if msg.encoding not in ("mono8", "8UC1"):
         raise ImageError("encoding", f"expected mono8, got {msg.encoding[:32]!r}")
-    if step < width:
-        raise ImageError("step", f"step {step} < {width} bytes for {width} px of mono8")
-    buf = np.frombuffer(bytes(msg.data), np.uint8)
-    need = step * (height - 1) + width
-    if buf.size < need:
-        raise ImageError("truncated", f"data has {buf.size} bytes, {width}x{height} needs {need}")
-    return np.lib.stride_tricks.as_strided(buf, (height, width), (step, 1)).copy()
+    return unpack_rows(bytes(msg.data), height, width, step, width, "mono8").copy()
 
 
 def compressed_size(data: bytes) -> tuple[int, int] | None:

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from rvm_ros.image_codec import ImageError
+from rvm_ros.image_codec import ImageError, unpack_rows
 
 # encoding -> numpy dtype of one label (little-endian unless is_bigendian).
 LABEL_ENCODINGS: dict[str, str] = {
@@ -42,14 +42,7 @@ def decode_labels(msg: Any, max_pixels: int) -> np.ndarray:
             f"label encoding {shown!r} not one of {', '.join(LABEL_ENCODINGS)}",
         )
     dt = np.dtype(kind).newbyteorder(">" if msg.is_bigendian else "<")
-    row = w * dt.itemsize
-    if step < row:
-        raise ImageError("step", f"step {step} < {row} bytes for {w} labels of {msg.encoding}")
-    buf = np.frombuffer(bytes(msg.data), np.uint8)
-    need = step * (h - 1) + row
-    if buf.size < need:
-        raise ImageError("truncated", f"label data has {buf.size} bytes, {w}x{h} needs {need}")
-    rows = np.lib.stride_tricks.as_strided(buf, (h, row), (step, 1))
+    rows = unpack_rows(bytes(msg.data), h, w, step, w * dt.itemsize, f"{msg.encoding} labels")
     labels = np.ascontiguousarray(rows).view(dt).reshape(h, w).astype(np.int32)
     if labels.min() < 0 or labels.max() > MAX_LABEL:
         raise ImageError(
