@@ -13,6 +13,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pytest
@@ -771,17 +772,36 @@ def _labels_msg(labels: np.ndarray, encoding: str = "mono8") -> Image:
     return Image(height=h, width=w, encoding=encoding, step=w * arr.itemsize, data=arr.tobytes())
 
 
-def test_mask_service_publishes_masks_with_input_header(rvm_node, make_node, spin_until, model64):
-    node = rvm_node(model64, ["/mk/image"], tracks__grid=[2, 2])
+class _MaskRig(NamedTuple):
+    """A node with one camera, a client subscribed to its outputs and its set_mask service."""
+
+    node: RVMNode
+    client: object
+    outs: Outputs
+    masks: list
+    pub: object
+    srv: object
+
+
+def _mask_rig(rvm_node, make_node, spin_until, model: Path, topic: str) -> _MaskRig:
+    node = rvm_node(model, [topic], tracks__grid=[2, 2])
     client = make_node("rvm_test_client")
-    outs = Outputs(client, "/mk/image")
+    outs = Outputs(client, topic)
     masks: list = []
-    client.create_subscription(Image, "/mk/image/rvm/masks", masks.append, QOS_OUT)
-    pub = client.create_publisher(Image, "/mk/image", QOS)
+    client.create_subscription(Image, f"{topic}/rvm/masks", masks.append, QOS_OUT)
+    pub = client.create_publisher(Image, topic, QOS)
     cam = node.cameras[0]
     _connect(spin_until, pub, lambda: cam.pub_masks.get_subscription_count() >= 1)
-    srv = client.create_client(SetMask, "/mk/image/rvm/set_mask")
+    srv = client.create_client(SetMask, f"{topic}/rvm/set_mask")
     assert spin_until(srv.service_is_ready, timeout_sec=10.0)
+    return _MaskRig(node, client, outs, masks, pub, srv)
+
+
+def test_mask_service_publishes_masks_with_input_header(rvm_node, make_node, spin_until, model64):
+    node, client, outs, masks, pub, srv = _mask_rig(
+        rvm_node, make_node, spin_until, model64, "/mk/image"
+    )
+    cam = node.cameras[0]
 
     def call(request):
         fut = srv.call_async(request)
@@ -880,16 +900,10 @@ def _bad_seed(rng: np.random.Generator, i: int) -> SetMask.Request:
 
 
 def test_fuzz_mask_service_never_kills_the_node(rvm_node, make_node, spin_until, model64):
-    node = rvm_node(model64, ["/mf/image"], tracks__grid=[2, 2])
-    client = make_node("rvm_test_client")
-    outs = Outputs(client, "/mf/image")
-    masks: list = []
-    client.create_subscription(Image, "/mf/image/rvm/masks", masks.append, QOS_OUT)
-    pub = client.create_publisher(Image, "/mf/image", QOS)
+    node, _, outs, masks, pub, srv = _mask_rig(
+        rvm_node, make_node, spin_until, model64, "/mf/image"
+    )
     cam = node.cameras[0]
-    _connect(spin_until, pub, lambda: cam.pub_masks.get_subscription_count() >= 1)
-    srv = client.create_client(SetMask, "/mf/image/rvm/set_mask")
-    assert spin_until(srv.service_is_ready, timeout_sec=10.0)
     frame = np.full((64, 64, 3), 120, np.uint8)
     t0 = 1_700_000_000 * 10**9
     _send(spin_until, pub, _image(frame, t0), outs)  # the camera's size is known from here on
