@@ -17,6 +17,7 @@ from rvm_ros.launch_args import LAUNCH_ARGUMENTS, node_config, ros_args
 from rvm_ros.node import PARAMETERS
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from lifecycle_calls import change_state, get_state  # noqa: E402
 from rvm_test_models import tiny_onnx  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -158,7 +159,7 @@ def test_launch_local_starts_the_node(make_node, spin_until):
         assert list(v[2].string_array_value) == ["image"]
         assert v[3].bool_value is True
         assert v[4].string_value == str(model)
-        assert _lifecycle_state(probe, spin_until, "/lt/rvm_node") == "active"
+        assert get_state(probe, spin_until, "/lt/rvm_node") == "active"
     finally:
         proc.terminate()
         try:
@@ -168,20 +169,9 @@ def test_launch_local_starts_the_node(make_node, spin_until):
     time.sleep(0.1)
 
 
-def _lifecycle_state(node, spin_until, name: str) -> str:
-    from lifecycle_msgs.srv import GetState
-
-    cli = node.create_client(GetState, f"{name}/get_state")
-    assert spin_until(cli.service_is_ready, timeout_sec=10.0)
-    fut = cli.call_async(GetState.Request())
-    assert spin_until(fut.done, timeout_sec=10.0)
-    return fut.result().current_state.label
-
-
 def test_launch_local_without_autostart_waits_for_lifecycle(make_node, spin_until):
     """autostart:=false: unconfigured until a lifecycle manager configures and activates it."""
     from lifecycle_msgs.msg import Transition
-    from lifecycle_msgs.srv import ChangeState
 
     model = tiny_onnx((64, 64))
     cmd = [sys.executable, "-m", "rvm_ros.launch_local", "image_topic:=/la/image"]
@@ -189,13 +179,11 @@ def test_launch_local_without_autostart_waits_for_lifecycle(make_node, spin_unti
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         probe = make_node("rvm_launch_probe")
-        assert _lifecycle_state(probe, spin_until, "/la/rvm_node") == "unconfigured"
+        assert get_state(probe, spin_until, "/la/rvm_node") == "unconfigured"
         assert probe.count_publishers("/la/image/rvm/features") == 0
-        cli = probe.create_client(ChangeState, "/la/rvm_node/change_state")
         for t in (Transition.TRANSITION_CONFIGURE, Transition.TRANSITION_ACTIVATE):
-            fut = cli.call_async(ChangeState.Request(transition=Transition(id=t)))
-            assert spin_until(fut.done, timeout_sec=30.0) and fut.result().success
-        assert _lifecycle_state(probe, spin_until, "/la/rvm_node") == "active"
+            assert change_state(probe, spin_until, "/la/rvm_node", t)
+        assert get_state(probe, spin_until, "/la/rvm_node") == "active"
         assert spin_until(lambda: probe.count_publishers("/la/image/rvm/features") == 1, 10.0)
     finally:
         proc.terminate()

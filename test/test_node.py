@@ -34,6 +34,7 @@ from rvm_ros.runtime import RVMRuntime
 from rvm_ros.srv import AddQueries, RemoveTracks, Reset, SetMask
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from lifecycle_calls import change_state, get_state  # noqa: E402
 from rvm_test_models import tiny_onnx  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -601,27 +602,6 @@ def test_diagnostics_per_camera_ok_then_warn_and_stale(rvm_node, make_node, spin
     )
 
 
-def _change_state(client, spin_until, node_name: str, transition: int) -> bool:
-    from lifecycle_msgs.msg import Transition
-    from lifecycle_msgs.srv import ChangeState
-
-    cli = client.create_client(ChangeState, f"/{node_name}/change_state")
-    assert spin_until(cli.service_is_ready, timeout_sec=10.0)
-    fut = cli.call_async(ChangeState.Request(transition=Transition(id=transition)))
-    assert spin_until(fut.done, timeout_sec=30.0)
-    return fut.result().success
-
-
-def _get_state(client, spin_until, node_name: str) -> str:
-    from lifecycle_msgs.srv import GetState
-
-    cli = client.create_client(GetState, f"/{node_name}/get_state")
-    assert spin_until(cli.service_is_ready, timeout_sec=10.0)
-    fut = cli.call_async(GetState.Request())
-    assert spin_until(fut.done, timeout_sec=10.0)
-    return fut.result().current_state.label
-
-
 def test_lifecycle_outputs_only_while_active(
     rclpy_context, executor, make_node, spin_until, model64
 ):
@@ -657,39 +637,39 @@ def test_lifecycle_outputs_only_while_active(
             assert got == expect_output, f"output while {node.state}: {got}"
 
         name = node.get_name()
-        assert _get_state(client, spin_until, name) == "unconfigured"
+        assert get_state(client, spin_until, name) == "unconfigured"
         assert node.runtime is None and not node.cameras
         assert pub.get_subscription_count() == 0
-        assert _change_state(client, spin_until, name, Transition.TRANSITION_CONFIGURE)
-        assert _get_state(client, spin_until, name) == "inactive" and node.runtime is not None
+        assert change_state(client, spin_until, name, Transition.TRANSITION_CONFIGURE)
+        assert get_state(client, spin_until, name) == "inactive" and node.runtime is not None
         assert pub.get_subscription_count() == 0  # inactive: not subscribed
-        assert _change_state(client, spin_until, name, Transition.TRANSITION_ACTIVATE)
+        assert change_state(client, spin_until, name, Transition.TRANSITION_ACTIVATE)
         _connect(
             spin_until, pub, lambda: node.cameras[0].pub_features.get_subscription_count() >= 1
         )
         publish_and_wait(True)
         publish_and_wait(True)
         assert outs.features[-1].frame_index == 1
-        assert _change_state(client, spin_until, name, Transition.TRANSITION_DEACTIVATE)
+        assert change_state(client, spin_until, name, Transition.TRANSITION_DEACTIVATE)
         assert spin_until(lambda: pub.get_subscription_count() == 0, timeout_sec=10.0)
         publish_and_wait(False)
         runtime = node.runtime
-        assert _change_state(client, spin_until, name, Transition.TRANSITION_ACTIVATE)
+        assert change_state(client, spin_until, name, Transition.TRANSITION_ACTIVATE)
         assert node.runtime is runtime  # configuration kept across deactivate
         _connect(spin_until, pub, lambda: True)
         publish_and_wait(True)
         assert outs.features[-1].frame_index == 2  # the camera state was kept too
-        assert _change_state(client, spin_until, name, Transition.TRANSITION_DEACTIVATE)
-        assert _change_state(client, spin_until, name, Transition.TRANSITION_CLEANUP)
-        assert _get_state(client, spin_until, name) == "unconfigured"
+        assert change_state(client, spin_until, name, Transition.TRANSITION_DEACTIVATE)
+        assert change_state(client, spin_until, name, Transition.TRANSITION_CLEANUP)
+        assert get_state(client, spin_until, name) == "unconfigured"
         assert node.runtime is None and not node.cameras
         assert spin_until(lambda: client.count_publishers("/lc/image/rvm/features") == 0, 10.0)
         # Shutdown from active releases everything too.
         for t in (Transition.TRANSITION_CONFIGURE, Transition.TRANSITION_ACTIVATE):
-            assert _change_state(client, spin_until, name, t)
+            assert change_state(client, spin_until, name, t)
         publish_and_wait(True)
-        assert _change_state(client, spin_until, name, Transition.TRANSITION_ACTIVE_SHUTDOWN)
-        assert _get_state(client, spin_until, name) == "finalized"
+        assert change_state(client, spin_until, name, Transition.TRANSITION_ACTIVE_SHUTDOWN)
+        assert get_state(client, spin_until, name) == "finalized"
         assert node.runtime is None and not node.cameras and node._worker is None
         assert spin_until(lambda: pub.get_subscription_count() == 0, timeout_sec=10.0)
     finally:
@@ -715,10 +695,10 @@ def test_configure_failure_reported_on_diagnostics(rclpy_context, executor, make
         client = make_node("rvm_test_client")
         arrays: list = []
         client.create_subscription(DiagnosticArray, "/diagnostics", arrays.append, 10)
-        assert not _change_state(
+        assert not change_state(
             client, spin_until, node.get_name(), Transition.TRANSITION_CONFIGURE
         )
-        assert _get_state(client, spin_until, node.get_name()) == "unconfigured"
+        assert get_state(client, spin_until, node.get_name()) == "unconfigured"
 
         def error_seen() -> bool:
             return any(
