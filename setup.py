@@ -18,6 +18,7 @@ _ORT_CPU = 'platform_system != "Linux" or platform_machine != "x86_64"'
 INSTALL_REQUIRES = [
     "numpy~=2.4",
     "pyyaml~=6.0",
+    "opencv-python-headless~=5.0",  # the node's image codec and readouts (tracking, masks)
     f"onnxruntime-gpu~=1.31; {_ORT_GPU}",
     f"onnxruntime~=1.31; {_ORT_CPU}",
 ]
@@ -27,7 +28,6 @@ TORCH_EXTRA = [
     "safetensors~=0.8.0",
     "onnx~=1.23",
     "av~=18.1",
-    "opencv-python-headless~=5.0",
     "tqdm~=4.70",
     "tensorboard~=2.21",
     "matplotlib~=3.11",
