@@ -130,6 +130,15 @@ def test_dds_env_respects_the_users_fast_dds_setup():
     assert dds_env("", {"RMW_IMPLEMENTATION": "rmw_cyclonedds_cpp"}) == {}
 
 
+def _stop(proc: subprocess.Popen) -> None:
+    """End a launched node: SIGTERM, then SIGKILL after 10 s."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 def test_launch_local_starts_the_node(make_node, spin_until):
     """launch_local with the launch arguments: namespace, remapping, params file, sim time."""
     model = tiny_onnx((64, 64))
@@ -161,11 +170,7 @@ def test_launch_local_starts_the_node(make_node, spin_until):
         assert v[4].string_value == str(model)
         assert get_state(probe, spin_until, "/lt/rvm_node") == "active"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        _stop(proc)
     time.sleep(0.1)
 
 
@@ -186,11 +191,7 @@ def test_launch_local_without_autostart_waits_for_lifecycle(make_node, spin_unti
         assert get_state(probe, spin_until, "/la/rvm_node") == "active"
         assert spin_until(lambda: probe.count_publishers("/la/image/rvm/features") == 1, 10.0)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        _stop(proc)
 
 
 def test_one_dds_env_for_children_and_this_process(monkeypatch):
