@@ -118,18 +118,38 @@ def publish_main(argv: list[str]) -> int:
     return 0
 
 
-class _Receiver:
-    """Subscriber (own executor thread): receive time - header stamp of every message."""
+class SpinningNode:
+    """An rclpy node in its own context: ``spin()`` serves it on a thread, ``close`` ends it."""
 
-    def __init__(self, msg_type: Any, topic: str) -> None:
+    def __init__(self, name: str) -> None:
         import rclpy
         from rclpy.context import Context
         from rclpy.executors import SingleThreadedExecutor
-        from rclpy.qos import QoSProfile, ReliabilityPolicy
 
         self.context = Context()
         rclpy.init(context=self.context)
-        self.node = rclpy.create_node("rvm_bench_receiver", context=self.context)
+        self.node = rclpy.create_node(name, context=self.context)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+
+    def spin(self) -> None:
+        """Serve the node's callbacks from now on (after its subscriptions exist)."""
+        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.executor.shutdown(timeout_sec=1.0)
+        self.node.destroy_node()
+        self.context.try_shutdown()
+
+
+class _Receiver(SpinningNode):
+    """Subscriber (own executor thread): receive time - header stamp of every message."""
+
+    def __init__(self, msg_type: Any, topic: str) -> None:
+        from rclpy.qos import QoSProfile, ReliabilityPolicy
+
+        super().__init__("rvm_bench_receiver")
         self.samples: list[tuple[float, float]] = []  # (receive time, latency) s
         self.node.create_subscription(
             msg_type,
@@ -137,10 +157,7 @@ class _Receiver:
             self._on_msg,
             QoSProfile(depth=10, reliability=getattr(ReliabilityPolicy, _reliability().upper())),
         )
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
-        self.thread.start()
+        self.spin()
 
     def _on_msg(self, msg: Any) -> None:
         now = time.time()
@@ -153,11 +170,6 @@ class _Receiver:
                 return True
             time.sleep(0.05)
         return False
-
-    def close(self) -> None:
-        self.executor.shutdown(timeout_sec=1.0)
-        self.node.destroy_node()
-        self.context.try_shutdown()
 
 
 def play(

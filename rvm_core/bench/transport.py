@@ -23,11 +23,12 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from .node import SpinningNode, default_model, parse_hw, play
 
 TOPIC = "/rvm_bench/transport/image"
 
@@ -65,27 +66,19 @@ def _last_line(path: Path) -> str:
     return lines[-1].strip() if lines else ""
 
 
-class _Counter:
+class _Counter(SpinningNode):
     """Plain subscriber (sensor-data QoS, like the node) + the node's /diagnostics."""
 
     def __init__(self, qos: Any) -> None:
-        import rclpy
         from diagnostic_msgs.msg import DiagnosticArray
-        from rclpy.context import Context
-        from rclpy.executors import SingleThreadedExecutor
         from sensor_msgs.msg import Image
 
-        self.context = Context()
-        rclpy.init(context=self.context)
-        self.node = rclpy.create_node("rvm_bench_transport", context=self.context)
+        super().__init__("rvm_bench_transport")
         self.received = 0
         self.diagnostics: dict[str, str] = {}
         self.node.create_subscription(Image, TOPIC, self._on_image, qos)
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, 10)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
-        self.thread.start()
+        self.spin()
 
     def _on_image(self, msg: Any) -> None:
         self.received += 1
@@ -107,11 +100,6 @@ class _Counter:
                 raise RuntimeError(f"rvm_node did not subscribe to {TOPIC} within {timeout:g} s")
             time.sleep(0.05)
 
-    def close(self) -> None:
-        self.executor.shutdown(timeout_sec=1.0)
-        self.node.destroy_node()
-        self.context.try_shutdown()
-
 
 def bench_transport(
     model: Path,
@@ -127,8 +115,6 @@ def bench_transport(
     from rclpy.qos import QoSProfile, ReliabilityPolicy
 
     from rvm_ros.node import INPUT_QOS
-
-    from .node import play
 
     env = _env(dds)
     # The plain subscriber counts what transport delivers: a deep history, so that a late
@@ -223,8 +209,6 @@ def add_args(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .node import default_model, parse_hw
-
     hw = parse_hw(args.size)
     model = Path(args.model) if args.model else default_model(hw)
     r = bench_transport(model, hw, args.seconds, args.rate, args.dds, args.qos, args.depth)
