@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from .channels import by_four_channels
 from .lk import to_gray
 
 PRESETS = {
@@ -87,13 +88,11 @@ def warp_backward(soft: np.ndarray, flow: np.ndarray) -> np.ndarray:
     h, w = flow.shape[:2]
     xs, ys = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
     mx, my = xs + flow[..., 0], ys + flow[..., 1]
-    out = np.empty_like(soft)
-    for c0 in range(0, soft.shape[-1], 4):  # cv2.remap takes at most 4 channels
-        part = np.ascontiguousarray(soft[..., c0 : c0 + 4])
-        out[..., c0 : c0 + 4] = cv2.remap(
-            part, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
-        ).reshape(h, w, -1)
-    return out
+    return by_four_channels(
+        lambda part: cv2.remap(part, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE),
+        soft,
+        (h, w),
+    )
 
 
 class FlowMaskPropagator:

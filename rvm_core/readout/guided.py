@@ -12,28 +12,25 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from .channels import by_four_channels
+
 
 def _box(x: np.ndarray, radius: int) -> np.ndarray:
     """Mean over (2r+1)^2 windows of every channel of x [h,w,C] (reflected border)."""
     k = (2 * radius + 1, 2 * radius + 1)
-    out = np.empty_like(x)
-    for c0 in range(0, x.shape[-1], 4):  # cv2.boxFilter: up to 4 channels at a time
-        part = np.ascontiguousarray(x[..., c0 : c0 + 4])
-        out[..., c0 : c0 + 4] = cv2.boxFilter(
-            part, -1, k, normalize=True, borderType=cv2.BORDER_REFLECT
-        ).reshape(*x.shape[:2], -1)
-    return out
+    return by_four_channels(
+        lambda part: cv2.boxFilter(part, -1, k, normalize=True, borderType=cv2.BORDER_REFLECT),
+        x,
+        x.shape[:2],
+    )
 
 
 def _resize(x: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     """Bilinear resize of every channel of x [h,w,C] float32 to hw (align_corners=False)."""
-    out = np.empty((hw[0], hw[1], x.shape[-1]), np.float32)
-    for c0 in range(0, x.shape[-1], 4):
-        part = np.ascontiguousarray(x[..., c0 : c0 + 4])
-        out[..., c0 : c0 + 4] = cv2.resize(
-            part, (hw[1], hw[0]), interpolation=cv2.INTER_LINEAR
-        ).reshape(hw[0], hw[1], -1)
-    return out
+    size = (hw[1], hw[0])
+    return by_four_channels(
+        lambda part: cv2.resize(part, size, interpolation=cv2.INTER_LINEAR), x, hw
+    )
 
 
 def _inverse(m: np.ndarray) -> np.ndarray:
