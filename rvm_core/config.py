@@ -34,15 +34,21 @@ class RVMConfig:
     num_source: int = 4  # source frames per training sample (1 = the SiamMAE baseline)
     aggregator: str = "gru"  # "gru" (Transformer-GRU core) or "attention" (ablation)
     attention_window: int = 4  # frames the self-attention aggregator sees (incl. current)
-    stem: str = "patch"  # "patch" (linear, official) or "mobilenetv2" (conv, stride 8; stem.py)
+    stem: str = "patch"  # "patch" (linear, official) or "mobilenetv2" (conv, stride 8/16; stem.py)
+    # Features at half the patch stride: the state upsampled 2x and fused with the mobilenetv2
+    # stem's stride-8 activations (model/fine.py); False = the features are the state.
+    fine_features: bool = False
+    fine_mlp: int = 256
 
     def __post_init__(self) -> None:
         if self.aggregator not in AGGREGATORS:
             raise ValueError(f"aggregator must be one of {AGGREGATORS}, got {self.aggregator!r}")
         if self.stem not in STEMS:
             raise ValueError(f"stem must be one of {STEMS}, got {self.stem!r}")
-        if self.stem == "mobilenetv2" and self.patch_size != 8:
-            raise ValueError(f"the mobilenetv2 stem has stride 8; patch_size is {self.patch_size}")
+        if self.stem == "mobilenetv2" and self.patch_size not in (8, 16):
+            raise ValueError(f"the mobilenetv2 stem has stride 8 or 16; patch is {self.patch_size}")
+        if self.fine_features and (self.stem != "mobilenetv2" or self.patch_size != 16):
+            raise ValueError("fine_features needs the mobilenetv2 stem at patch_size 16")
         for name, heads, width in (
             ("enc", self.enc_heads, self.width),
             ("core", self.core_heads, self.width),
@@ -58,6 +64,16 @@ class RVMConfig:
     def grid(self) -> tuple[int, int]:
         """Token grid (h, w) at the training image size."""
         return self.image_size[0] // self.patch_size, self.image_size[1] // self.patch_size
+
+    @property
+    def feature_stride(self) -> int:
+        """Input pixels per feature cell: the patch, or half of it with ``fine_features``."""
+        return self.patch_size // 2 if self.fine_features else self.patch_size
+
+    def feature_grid(self, image_hw: tuple[int, int] | None = None) -> tuple[int, int]:
+        """Feature grid (h, w) for an input of ``image_hw`` (default: the training size)."""
+        h, w = image_hw or self.image_size
+        return h // self.feature_stride, w // self.feature_stride
 
     @property
     def warmup_steps(self) -> int:

@@ -41,7 +41,7 @@ METADATA_KEYS = (
     "rvm.model_id",  # config name + short hash of the weights, e.g. "tiny-3f2a9c1d"
     "rvm.input_size",  # camera "HxW" (the uint8 image input)
     "rvm.model_size",  # "hxw" the graph resizes to (a multiple of the patch)
-    "rvm.grid",  # token grid "hxw" of the features
+    "rvm.grid",  # grid "hxw" of the features
     "rvm.patch_stride",  # "sy,sx": camera pixels per feature cell (input_size / grid)
     "rvm.feature_dim",  # D
     "rvm.features_dtype",  # "float32" | "float16"
@@ -88,7 +88,7 @@ def _streaming_step_class() -> type:
                 )
             self.model = model
             self.model_size = tuple(model_size)
-            self.grid = (model_size[0] // p, model_size[1] // p)
+            self.grid = model.feature_grid(self.model_size)
             self.features_dtype = features_dtype
             self.compute_dtype = compute_dtype
 

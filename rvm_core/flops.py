@@ -19,21 +19,29 @@ def _mlp(n: int, d: int, hidden: int) -> int:
     return 2 * 2 * n * d * hidden
 
 
-def _mobilenetv2_stem(h: int, w: int, d: int) -> int:
-    """The conv stem of ``model/stem.py`` for an output grid h x w (input 8h x 8w)."""
-    from .model.stem import _FIRST_CHANNELS, _SETTINGS, STEM_CHANNELS
+def _mobilenetv2_stem(h: int, w: int, d: int, stride: int) -> int:
+    """The conv stem of ``model/stem.py`` for an output grid h x w (input stride*h x stride*w)."""
+    from .model.stem import _FIRST_CHANNELS, stem_settings
 
-    pixels = (8 * h) * (8 * w) // 4  # after the first stride-2 conv
+    pixels = (stride * h) * (stride * w) // 4  # after the first stride-2 conv
     flops = 2 * pixels * 27 * _FIRST_CHANNELS
     cin = _FIRST_CHANNELS
-    for t, c, n, s in _SETTINGS:
+    for t, c, n, s in stem_settings(stride):
         for i in range(n):
             hidden = cin * t
             expand = 2 * pixels * cin * hidden if t != 1 else 0
             pixels //= (s * s) if i == 0 else 1
             flops += expand + 2 * pixels * hidden * 9 + 2 * pixels * hidden * c
             cin = c
-    return flops + 2 * h * w * STEM_CHANNELS * d
+    return flops + 2 * h * w * cin * d
+
+
+def _fine_head(h: int, w: int, d: int, mlp: int) -> int:
+    """``model/fine.py`` on a 2h x 2w output grid: the skip projection and the MLP."""
+    from .model.stem import SKIP_CHANNELS
+
+    n = 4 * h * w
+    return 2 * n * SKIP_CHANNELS * d + _mlp(n, d, mlp)
 
 
 def step_flops(config: RVMConfig, grid: tuple[int, int] | None = None) -> dict[str, int]:
@@ -42,7 +50,10 @@ def step_flops(config: RVMConfig, grid: tuple[int, int] | None = None) -> dict[s
     p, d = config.patch_size, config.width
     n = h * w
     t = 1 + n  # tokens incl. CLS
-    patch = 2 * n * (3 * p * p) * d if config.stem == "patch" else _mobilenetv2_stem(h, w, d)
+    if config.stem == "patch":
+        patch = 2 * n * (3 * p * p) * d
+    else:
+        patch = _mobilenetv2_stem(h, w, d, p)
     encoder = config.enc_layers * (_attention(t, t, d) + _mlp(t, d, config.enc_mlp))
     if config.aggregator == "gru":
         gates = 4 * 2 * t * d * d  # input/state x update/reset, D x D each, no bias
@@ -53,4 +64,6 @@ def step_flops(config: RVMConfig, grid: tuple[int, int] | None = None) -> dict[s
         mlp = config.core_mlp + round(2 * d / config.core_layers)
     block = _attention(t, kv, d) + _mlp(t, d, mlp) + _attention(t, t, d)
     core = gates + config.core_layers * block
-    return {"patch_embed": patch, "encoder": encoder, "core": core, "total": patch + encoder + core}
+    fine = _fine_head(h, w, d, config.fine_mlp) if config.fine_features else 0
+    total = patch + encoder + core + fine
+    return {"patch_embed": patch, "encoder": encoder, "core": core, "fine": fine, "total": total}

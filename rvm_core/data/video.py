@@ -12,10 +12,13 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import av
 import cv2
 import numpy as np
+
+if TYPE_CHECKING:
+    import av
 
 log = logging.getLogger(__name__)
 
@@ -159,9 +162,18 @@ def _frame_to_rgb(frame: av.VideoFrame, size: Size) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
+def _av() -> Any:
+    """PyAV, imported on first decode: image folders and .npy clips never need it."""
+    try:
+        import av
+    except ImportError as exc:
+        raise VideoReadError(f"decoding video files needs PyAV (pip install av): {exc}") from exc
+    return av
+
+
 def _open_container(path: Path) -> tuple[av.container.InputContainer, av.VideoStream]:
     with _reading("cannot open"):
-        container = av.open(str(path))
+        container = _av().open(str(path))
     if not container.streams.video:
         container.close()
         raise VideoReadError("no video stream")

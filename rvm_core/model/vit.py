@@ -96,7 +96,7 @@ class Tokenizer(nn.Module):
         if stem == "patch":
             self.patch_embedding: nn.Module = PatchEmbedding(patch_size, dim)
         else:
-            self.patch_embedding = ConvPatchEmbedding(dim)
+            self.patch_embedding = ConvPatchEmbedding(dim, patch_size)
         self.posenc_grid = tuple(posenc_grid)
         self.dim = dim
         self._posenc: dict[tuple, torch.Tensor] = {}
@@ -110,12 +110,21 @@ class Tokenizer(nn.Module):
             device,
         )
 
-    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+    def encode(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Frames [B,3,H,W] -> (tokens [B,N,D] with positions, the conv stem's stride-8
+        activations [B,32,H/8,W/8] or None for the linear patch embedding)."""
         p = self.patch_embedding.patch_size
         # Plain ints: the table is a constant per grid (ONNX tracing would give tensors here).
         grid = (int(frames.shape[-2]) // p, int(frames.shape[-1]) // p)
-        tokens = self.patch_embedding(frames)
-        return tokens + self.posenc(grid, tokens.device).to(tokens.dtype)
+        skip = None
+        if isinstance(self.patch_embedding, ConvPatchEmbedding):
+            tokens, skip = self.patch_embedding.encode(frames)
+        else:
+            tokens = self.patch_embedding(frames)
+        return tokens + self.posenc(grid, tokens.device).to(tokens.dtype), skip
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        return self.encode(frames)[0]
 
 
 class Encoder(nn.Module):

@@ -68,6 +68,9 @@ class RunConfig:
     name: str = "tiny"  # run directory = out_dir/name
     out_dir: str = "runs"
     steps: int = 2000  # optimizer steps
+    # > 0: this session's wall-clock budget in minutes. After the first steps run.steps is
+    # re-set to what fits, so the cosine ends when the budget does (a fixed GPU lease).
+    minutes: float = 0.0
     seed: int = 0
     init: str | None = None  # safetensors copied into the model at step 0 (`rvm stem-weights`)
     device: str = "auto"  # auto | cpu | cuda | xla
@@ -195,6 +198,8 @@ def validate(cfg: TrainConfig) -> None:
         )
     if cfg.run.compile and cfg.run.device == "xla":
         raise ValueError("run.compile=true is not supported on XLA (XLA compiles each step)")
+    if cfg.run.minutes < 0:
+        raise ValueError(f"run.minutes must be >= 0, got {cfg.run.minutes}")
     if cfg.run.steps < 1 or cfg.run.save_every < 1 or cfg.run.log_every < 1:
         raise ValueError("run.steps, run.save_every and run.log_every must be >= 1")
 

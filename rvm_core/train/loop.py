@@ -51,6 +51,10 @@ log = logging.getLogger(__name__)
 # except these keys, which do not change what is sampled (paths may move: a warning only).
 _FROZEN_SECTIONS = ("model", "data", "optim")
 _RESUME_FREE = ("data.num_workers", "data.prefetch_factor", "data.cache_workers", "data.cache_dir")
+# Steps timed before a ``run.minutes`` budget sets run.steps (past compilation and warm-up).
+_BUDGET_CALIBRATION_STEPS = 20
+# Of the budget, the share kept for the last checkpoint, preview and exit.
+_BUDGET_MARGIN = 0.03
 
 
 def sample_masks(
@@ -130,7 +134,22 @@ def _deterministic_kernels(enabled: bool) -> Iterator[None]:
         torch.backends.cudnn.benchmark = benchmark
 
 
+def steps_in_budget(
+    cfg: TrainConfig, env: DistEnv, done: int, start: int, t_loop: float, t_start: float
+) -> int:
+    """Total run.steps that end this session within ``run.minutes`` (the same on every rank).
+
+    ``done - start`` steps took ``now - t_loop`` s; the session started at ``t_start``.
+    """
+    now = time.perf_counter()
+    per_step = (now - t_loop) / max(1, done - start)
+    left = cfg.run.minutes * 60 * (1 - _BUDGET_MARGIN) - (now - t_start)
+    total = torch.tensor(float(done + max(1, int(left / per_step))), device=env.device)
+    return int(all_reduce_mean(total, env))
+
+
 def _train(cfg: TrainConfig, env: DistEnv, resume: bool, save: bool) -> dict[str, Any]:
+    t_start = time.perf_counter()
     threads = cfg.run.threads
     if threads == 0 and env.world_size > 1 and env.device.type == "cpu":
         # several ranks on one CPU host: split the cores instead of oversubscribing them
@@ -294,6 +313,7 @@ def _train(cfg: TrainConfig, env: DistEnv, resume: bool, save: bool) -> dict[str
     data_iter = iter(device_loader(loader, env))
     data_pos = loader.next_index
     t_session, wait_session, steps_session = time.perf_counter(), 0.0, 0
+    start_step, budget_due = state.step, cfg.run.minutes > 0
 
     def record(
         loss_t: torch.Tensor,
@@ -325,7 +345,8 @@ def _train(cfg: TrainConfig, env: DistEnv, resume: bool, save: bool) -> dict[str
     # XLA: steps whose loss and grad norm are still device tensors, read every log_every steps.
     unread: list[tuple[Any, ...]] = []
 
-    for step in range(state.step, cfg.run.steps):
+    step = state.step
+    while step < cfg.run.steps:
         lr = lr_at(step, cfg.optim, cfg.run.steps)
         set_lr(optimizer, lr)
         t0 = time.perf_counter()
@@ -361,6 +382,14 @@ def _train(cfg: TrainConfig, env: DistEnv, resume: bool, save: bool) -> dict[str
         data_state = dict(loader.state_dict(), next_index=data_pos)
 
         done = step + 1  # the loop's own count: on XLA, state.step only moves at a host read
+        if budget_due and done - start_step == _BUDGET_CALIBRATION_STEPS:
+            budget_due = False
+            cfg.run.steps = steps_in_budget(cfg, env, done, start_step, t_session, t_start)
+            config_yaml = cfg.to_yaml()
+            if env.is_main:
+                (run_dir / "config.yaml").write_text(config_yaml)
+            reporter.total = cfg.run.steps
+            reporter.message(f"run.minutes={cfg.run.minutes:g}: run.steps set to {cfg.run.steps}")
         last = done == cfg.run.steps
         preview_due = preview is not None and (done % cfg.run.preview_every == 0 or last)
         save_due = save and (done % cfg.run.save_every == 0 or last)
@@ -395,6 +424,7 @@ def _train(cfg: TrainConfig, env: DistEnv, resume: bool, save: bool) -> dict[str
             )
             if env.is_main:
                 plot_losses(run_dir / "loss.png", state.loss, state.lr, state.heldout)
+        step = done
     elapsed = time.perf_counter() - t_session
     reporter.close()
     return {
