@@ -72,6 +72,8 @@ class RVM(nn.Module):
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
         nn.init.normal_(self.cls_token, std=0.02)
+        if self.fine is not None:
+            self.fine.reset_parameters()
         if self.decoder is not None:
             nn.init.normal_(self.decoder.mask_token, std=0.02)
 

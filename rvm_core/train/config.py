@@ -24,7 +24,7 @@ from ..data.splits import DEFAULT_HELDOUT
 
 @dataclass
 class DataConfig:
-    """Videos, frame cache, clip sampling and augmentation (frame size = model.image_size)."""
+    """Videos, frame cache, clip sampling and augmentation (frame size: ``crop_size``)."""
 
     paths: list[str] = field(default_factory=lambda: ["data/real"])  # files or folders
     heldout: list[str] = field(default_factory=lambda: list(DEFAULT_HELDOUT))  # name patterns
@@ -37,6 +37,9 @@ class DataConfig:
     gap_max: int = 48
     clip_stride: int | None = None
     crop_scale: tuple[float, float] = (0.2, 1.0)  # random-resized-crop area fraction
+    # Training frame size (H, W); None = model.image_size. Smaller than the model's (running)
+    # size trains more samples per CPU-second; positions and convs carry over to larger sizes.
+    crop_size: tuple[int, int] | None = None
     hflip_p: float = 0.5
     num_workers: int = 2  # DataLoader workers per rank
     prefetch_factor: int = 4
@@ -109,6 +112,17 @@ class TrainConfig:
     @property
     def run_dir(self) -> Path:
         return Path(self.run.out_dir) / self.run.name
+
+    @property
+    def train_size(self) -> tuple[int, int]:
+        """Training frame size (H, W): ``data.crop_size``, else the model's image size."""
+        return tuple(self.data.crop_size or self.model_config().image_size)
+
+    @property
+    def train_grid(self) -> tuple[int, int]:
+        """Patch grid (h, w) of a training frame (what the target masks cover)."""
+        p = self.model_config().patch_size
+        return self.train_size[0] // p, self.train_size[1] // p
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(dataclasses.asdict(self))
@@ -188,9 +202,13 @@ def validate(cfg: TrainConfig) -> None:
     max_delta = mc.num_source - 1 + cfg.data.gap_max
     if max_delta >= mc.num_deltas:
         raise ValueError(f"gap_max {cfg.data.gap_max} gives deltas >= num_deltas {mc.num_deltas}")
-    keep = int(mc.grid[0] * mc.grid[1] * (1.0 - mc.mask_ratio))
+    h, w = cfg.train_size
+    if h % mc.patch_size or w % mc.patch_size:
+        raise ValueError(f"data.crop_size {h}x{w} is not a multiple of the patch {mc.patch_size}")
+    grid = cfg.train_grid
+    keep = int(grid[0] * grid[1] * (1.0 - mc.mask_ratio))
     if keep < 1:
-        raise ValueError(f"mask_ratio {mc.mask_ratio} leaves no visible patch of {mc.grid}")
+        raise ValueError(f"mask_ratio {mc.mask_ratio} leaves no visible patch of {grid}")
     if cfg.optim.batch_size % cfg.optim.batch_per_device:
         raise ValueError(
             f"optim.batch_size {cfg.optim.batch_size} is not a multiple of "

@@ -186,7 +186,7 @@ def _train(cfg: TrainConfig, env: DistEnv, resume: bool, save: bool) -> dict[str
         gap_max=cfg.data.gap_max,
         clip_stride=cfg.data.clip_stride,
     )
-    crop = CropConfig(size=mc.image_size, scale=cfg.data.crop_scale, hflip_p=cfg.data.hflip_p)
+    crop = CropConfig(size=cfg.train_size, scale=cfg.data.crop_scale, hflip_p=cfg.data.hflip_p)
 
     def make_dataset(paths: list, crop: CropConfig, seed: int, rank: int, world: int):
         return VideoClipDataset(
@@ -207,7 +207,7 @@ def _train(cfg: TrainConfig, env: DistEnv, resume: bool, save: bool) -> dict[str
         held = None
         if held_paths and cfg.run.preview_every > 0:
             # fixed full-frame views of held-out videos: the same samples at every preview
-            view = CropConfig(size=mc.image_size, scale=(1.0, 1.0), hflip_p=0.0)
+            view = CropConfig(size=cfg.train_size, scale=(1.0, 1.0), hflip_p=0.0)
             held = make_dataset(held_paths, view, cfg.run.seed + 1, 0, 1)
         return ds, held
 
@@ -305,7 +305,7 @@ def _train(cfg: TrainConfig, env: DistEnv, resume: bool, save: bool) -> dict[str
         run_preview(0)
 
     # -- loop ------------------------------------------------------------------------------
-    num_patches = mc.grid[0] * mc.grid[1]
+    num_patches = cfg.train_grid[0] * cfg.train_grid[1]
     clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
     model.train()
     # On XLA, MpDeviceLoader moves batches to the device in a background thread. It runs
@@ -450,7 +450,7 @@ def _preview_batch(
     samples = [held[i * max(1, len(held) // k)] for i in range(k)]
     batch = {key: torch.stack([s[key] for s in samples]) for key in ("source", "target", "deltas")}
     # step 2**31 - 1 never occurs in training: preview masks differ from every training mask
-    n = mc.grid[0] * mc.grid[1]
+    n = cfg.train_grid[0] * cfg.train_grid[1]
     mask = sample_masks(cfg.run.seed, 0, 2**31 - 1, 0, k, cfg.data.num_target, n, mc.mask_ratio)
     return batch, mask
 
