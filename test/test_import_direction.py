@@ -114,3 +114,12 @@ def test_node_side_never_reaches_torch_or_av_lazily_either():
             elif top in ("rvm_core", "rvm_ros"):
                 todo += [(f, via) for f in _files(module)]
     assert not offenders, "\n".join(sorted(offenders))
+
+
+def test_each_side_has_its_own_command():
+    """``rvm`` is the PyTorch side's command and ``rvm-ros`` the ROS side's."""
+    import importlib.metadata as md
+
+    scripts = {e.name: e.value for e in md.entry_points(group="console_scripts")}
+    assert scripts["rvm"] == "rvm_core.cli:main"
+    assert scripts["rvm-ros"] == "rvm_ros.cli:main"
