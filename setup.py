@@ -59,6 +59,7 @@ setup(
     entry_points={
         "console_scripts": [
             "rvm = rvm_core.cli:main",
+            "rvm-ros = rvm_ros.cli:main",
             "rvm_node = rvm_ros.node:main",
         ],
     },

@@ -1,4 +1,8 @@
-"""The ``rvm`` command line: one subcommand per job, each a thin wrapper over library calls."""
+"""The ``rvm`` command line: one subcommand per job, each a thin wrapper over library calls.
+
+The ROS side's commands (demo, bag replay) are ``rvm-ros`` (:mod:`rvm_ros.cli`) and the
+benchmarks ``python -m benchmarks`` in a checkout: this package imports neither.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +10,6 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from rvm_ros.bag_eval import bag_eval_args, cmd_bag_eval, cmd_make_bag, make_bag_args
-from rvm_ros.demo import cmd_demo, demo_args
-
-from .bench import bench_args, cmd_bench
-from .bench.gpu_check import check_gpu_args, cmd_check_gpu
 from .eval.commands import cmd_eval, cmd_propagate, cmd_track, eval_args, propagate_args, track_args
 from .export import cmd_export, export_args
 from .train.cli import cmd_pretrain, pretrain_args
@@ -134,24 +133,7 @@ COMMANDS: dict[str, tuple[str, Setup, Run]] = {
     "info": ("print a checkpoint's config and parameter counts", _info_args, cmd_info),
     "features": ("stream a video and save per-frame features", _features_args, cmd_features),
     "pretrain": ("pretrain an RVM (YAML config; DDP/FSDP/XLA)", pretrain_args, cmd_pretrain),
-    "bench": (
-        "benchmarks: `rvm bench <suite>` (all, runtime, node, peers...)",
-        bench_args,
-        cmd_bench,
-    ),
     "export-onnx": ("export one streaming step to ONNX (+ metadata)", export_args, cmd_export),
-    "check-gpu": (
-        "GPU checks (parity, training, CUDA graphs, ORT/TensorRT): one table",
-        check_gpu_args,
-        cmd_check_gpu,
-    ),
-    "demo": ("run rvm_node on the bundled clip: record, draw, summarise", demo_args, cmd_demo),
-    "bag-eval": (
-        "replay a rosbag2 through the node's pipeline (+TAP-Vid)",
-        bag_eval_args,
-        cmd_bag_eval,
-    ),
-    "make-bag": ("write a video as a sensor_msgs/Image rosbag2", make_bag_args, cmd_make_bag),
     "track": (
         "track query points through a video (rvm/hybrid/lk/dis)",
         track_args,
@@ -162,27 +144,38 @@ COMMANDS: dict[str, tuple[str, Setup, Run]] = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rvm", description=__doc__)
+def build_parser(
+    commands: dict[str, tuple[str, Setup, Run]] = COMMANDS,
+    prog: str = "rvm",
+    description: str | None = __doc__,
+) -> argparse.ArgumentParser:
+    """A parser with one subcommand per entry of ``commands`` (name -> help, setup, run)."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, (help_text, setup, run) in COMMANDS.items():
+    for name, (help_text, setup, run) in commands.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         setup(p)
         p.set_defaults(run=run)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the ``rvm`` command; expected failures print one line and exit with status 1."""
+def run_command(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
+    """Parse ``argv`` and run its subcommand; expected failures (bad input files, checkpoints,
+    videos, arguments) print one line and give exit status 1."""
     from .checkpoint import CheckpointError
     from .data.video import VideoReadError
 
-    args = build_parser().parse_args(argv)
+    args = parser.parse_args(argv)
     try:
         return args.run(args)
     except (CheckpointError, VideoReadError, ValueError, FileNotFoundError, OSError) as exc:
-        print(f"rvm {args.command}: error: {exc}", file=sys.stderr)
+        print(f"{parser.prog} {args.command}: error: {exc}", file=sys.stderr)
         return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``rvm`` command; expected failures print one line and exit with status 1."""
+    return run_command(build_parser(), argv)
 
 
 if __name__ == "__main__":

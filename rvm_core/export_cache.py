@@ -1,4 +1,4 @@
-"""Random-weight ONNX exports cached on disk (tests, ``rvm bench node``, ``rvm demo``).
+"""Random-weight ONNX exports cached on disk (tests, the node benchmark, ``rvm-ros demo``).
 
 A cached file is keyed on every argument of the model build and of the export and on the
 contents of the sources that shape the exported graph, so a code change re-exports. Importing

@@ -1,4 +1,4 @@
-"""rosbag2 tools: ``rvm make-bag VIDEO OUT_BAG`` and ``rvm bag-eval BAG --checkpoint MODEL``.
+"""rosbag2 tools: ``rvm-ros make-bag VIDEO OUT_BAG`` and ``rvm-ros bag-eval BAG --checkpoint M``.
 
 ``bag-eval`` replays an image topic through :class:`rvm_ros.camera.CameraPipeline` - the node's
 processing, message by message with no drops - and writes the node's FeatureMap/PointTracks
@@ -132,6 +132,96 @@ def load_gt(path: str | Path) -> dict[str, np.ndarray]:
     return {"query_points": queries, "tracks": tracks, "occluded": occluded}
 
 
+class _Scorer:
+    """Ground-truth queries fed to the pipeline before their frame, and per frame the predicted
+    position and occlusion of every ground-truth track (rows in ground-truth order)."""
+
+    def __init__(self, truth: dict[str, np.ndarray]) -> None:
+        self.truth = truth
+        self.query_t = np.round(truth["query_points"][:, 0]).astype(int)
+        self.query_ids: dict[int, int] = {}  # public track id -> ground-truth row
+        self.xy: list[np.ndarray] = []
+        self.occluded: list[np.ndarray] = []
+
+    def add_queries(self, pipeline: Any, frame: int) -> None:
+        """Queries of frame number ``frame`` into the pipeline, as ``~/add_queries`` would."""
+        rows = np.flatnonzero(self.query_t == frame)
+        if len(rows):
+            ids = pipeline.add_queries(self.truth["query_points"][rows][:, [2, 1]])
+            self.query_ids.update(zip(ids.tolist(), rows.tolist()))
+
+    def rejected(self) -> None:
+        """A frame the pipeline rejected: it keeps the numbering and counts as all occluded."""
+        self.xy.append(self.xy[-1] if self.xy else self.truth["query_points"][:, [2, 1]])
+        self.occluded.append(np.ones(len(self.truth["tracks"]), bool))
+
+    def frame(self, result: Any) -> None:
+        """The tracks of one processed frame; a track before its query sits at its query."""
+        xy = self.truth["query_points"][:, [2, 1]].copy()
+        occ = np.ones(len(xy), bool)
+        rows = np.array([self.query_ids.get(int(i), -1) for i in result.ids])
+        ok = rows >= 0
+        xy[rows[ok]], occ[rows[ok]] = result.xy[ok], ~result.visible[ok]
+        self.xy.append(xy)
+        self.occluded.append(occ)
+
+    def metrics(self, image_hw: tuple[int, int]) -> dict[str, float]:
+        """TAP-Vid metrics of every frame so far."""
+        return _tapvid(self.truth, np.stack(self.xy, 1), np.stack(self.occluded, 1), image_hw)
+
+
+class _OutputBag:
+    """The output bag: FeatureMap/PointTracks of each result under ``<camera>/rvm/``, built
+    and serialised as the node publishes them."""
+
+    def __init__(self, path: str | Path, storage: str, model_id: str, feature_dtype: str) -> None:
+        self.writer = open_writer(path, storage)
+        self.store = typestore()
+        self.model_id, self.feature_dtype = model_id, feature_dtype
+        self.conns: dict[str, Any] = {}
+
+    def write(self, topic: str, t_ns: int, compressed: bool, result: Any) -> None:
+        """One pipeline result, logged at the input message's time ``t_ns``."""
+        from rclpy.serialization import serialize_message
+
+        from rvm_ros.messages import feature_map, point_tracks
+
+        base = topic[: -len("/compressed")] if compressed else topic
+        fm = feature_map(
+            result.header,
+            result.features,
+            result.image_hw,
+            result.frame_index,
+            result.sequence_id,
+            self.model_id,
+            self.feature_dtype,
+        )
+        tr = point_tracks(
+            result.header,
+            result.ids,
+            result.xy,
+            result.visible,
+            result.visibility,
+            result.age,
+            result.frame_index,
+            result.sequence_id,
+        )
+        for suffix, m, mtype in (
+            ("features", fm, "rvm_ros/msg/FeatureMap"),
+            ("tracks", tr, "rvm_ros/msg/PointTracks"),
+        ):
+            name = f"{base}/rvm/{suffix}"
+            if name not in self.conns:
+                self.conns[name] = self.writer.add_connection(name, mtype, typestore=self.store)
+            self.writer.write(self.conns[name], t_ns, serialize_message(m))
+
+
+def _ground_truth(bag: str | Path, gt: str | Path | None) -> dict[str, np.ndarray] | None:
+    """The ground truth of ``--gt``, else of the sidecar ``<BAG>.tracks.npz``, else None."""
+    path = Path(gt) if gt else Path(f"{Path(bag).as_posix().rstrip('/')}.tracks.npz")
+    return load_gt(path) if path.is_file() else None
+
+
 def bag_eval(
     bag: str | Path,
     model: str | Path,
@@ -148,93 +238,46 @@ def bag_eval(
 
     ``warmup``: extra steps on the first frame, as the node's ``warmup_steps`` (-1: the model's).
     """
-    from rclpy.serialization import serialize_message
-
     from rvm_ros.camera import CameraPipeline, PipelineConfig
-    from rvm_ros.messages import feature_map, point_tracks
     from rvm_ros.node import load_runtime
 
     runtime, info = load_runtime(str(model), device, warmup=warmup)
-    gt_path = Path(gt) if gt else Path(f"{Path(bag).as_posix().rstrip('/')}.tracks.npz")
-    truth = load_gt(gt_path) if gt_path.is_file() else None
-    q_t = np.round(truth["query_points"][:, 0]).astype(int) if truth is not None else None
+    truth = _ground_truth(bag, gt)
+    scorer = _Scorer(truth) if truth is not None else None
+    output = _OutputBag(out, storage, info.model_id, feature_dtype) if out else None
     pipeline: CameraPipeline | None = None
-    store = typestore()
-    writer = open_writer(out, storage) if out else None
-    conns: dict[str, Any] = {}
-    query_ids: dict[int, int] = {}  # public track id -> ground-truth row
-    pred_xy: list[np.ndarray] = []
-    pred_occ: list[np.ndarray] = []
     n_msgs, n_frames, rejected = 0, 0, 0
     image_hw = None
     try:
-        if writer is not None:
-            writer.open()
+        if output is not None:
+            output.writer.open()
         for topic, t_ns, msg, compressed in read_images(bag, image_topic):
             if pipeline is None:
                 pipeline = CameraPipeline(topic, runtime, config or PipelineConfig(), info.input_hw)
-            if truth is not None:
-                rows = np.flatnonzero(q_t == n_msgs)
-                if len(rows):
-                    xy = truth["query_points"][rows][:, [2, 1]]
-                    ids = pipeline.add_queries(xy)
-                    query_ids.update(zip(ids.tolist(), rows.tolist()))
+            if scorer is not None:
+                scorer.add_queries(pipeline, n_msgs)
             pipeline.submit(msg, compressed)
             result = pipeline.process(pipeline.take())
             n_msgs += 1
-            if result is None:  # keeps frame numbering: the frame counts, as all occluded
+            if result is None:
                 rejected += 1
-                if truth is not None:
-                    pred_xy.append(pred_xy[-1] if pred_xy else truth["query_points"][:, [2, 1]])
-                    pred_occ.append(np.ones(len(truth["tracks"]), bool))
+                if scorer is not None:
+                    scorer.rejected()
                 continue
             image_hw = result.image_hw
             n_frames += 1
-            if truth is not None:
-                xy = truth["query_points"][:, [2, 1]].copy()  # before the query: its position
-                occ = np.ones(len(xy), bool)
-                rows = np.array([query_ids.get(int(i), -1) for i in result.ids])
-                ok = rows >= 0
-                xy[rows[ok]], occ[rows[ok]] = result.xy[ok], ~result.visible[ok]
-                pred_xy.append(xy)
-                pred_occ.append(occ)
-            if writer is not None:
-                base = topic[: -len("/compressed")] if compressed else topic
-                fm = feature_map(
-                    result.header,
-                    result.features,
-                    result.image_hw,
-                    result.frame_index,
-                    result.sequence_id,
-                    info.model_id,
-                    feature_dtype,
-                )
-                tr = point_tracks(
-                    result.header,
-                    result.ids,
-                    result.xy,
-                    result.visible,
-                    result.visibility,
-                    result.age,
-                    result.frame_index,
-                    result.sequence_id,
-                )
-                for suffix, m, mtype in (
-                    ("features", fm, "rvm_ros/msg/FeatureMap"),
-                    ("tracks", tr, "rvm_ros/msg/PointTracks"),
-                ):
-                    name = f"{base}/rvm/{suffix}"
-                    if name not in conns:
-                        conns[name] = writer.add_connection(name, mtype, typestore=store)
-                    writer.write(conns[name], t_ns, serialize_message(m))
+            if scorer is not None:
+                scorer.frame(result)
+            if output is not None:
+                output.write(topic, t_ns, compressed, result)
     finally:
-        if writer is not None:
-            writer.close()
+        if output is not None:
+            output.writer.close()
     summary: dict[str, Any] = {"frames": n_frames, "rejected": rejected, "model_id": info.model_id}
     if pipeline is not None:
         summary["resets"] = pipeline.stats.resets
-    if truth is not None and n_frames:
-        summary.update(_tapvid(truth, np.stack(pred_xy, 1), np.stack(pred_occ, 1), image_hw))
+    if scorer is not None and n_frames:
+        summary.update(scorer.metrics(image_hw))
     return summary
 
 
@@ -257,6 +300,7 @@ def _tapvid(truth: dict, pred_xy: np.ndarray, pred_occ: np.ndarray, hw: tuple) -
 
 # -- command line ------------------------------------------------------------------------------
 def bag_eval_args(p: argparse.ArgumentParser) -> None:
+    """Arguments of ``rvm-ros bag-eval``."""
     p.add_argument("bag", help="input rosbag2 (directory or .mcap/.db3)")
     p.add_argument(
         "--checkpoint", default=None, help="exported ONNX model (default: the shipped one)"
@@ -298,6 +342,7 @@ def flatten_parameters(params: dict[str, Any], prefix: str = "") -> dict[str, An
 
 
 def cmd_bag_eval(args: argparse.Namespace) -> int:
+    """Replay the bag and print one summary line (TAP-Vid metrics with ground truth)."""
     from rvm_ros.camera import PipelineConfig
     from rvm_ros.launch_args import default_model_path
 
@@ -327,6 +372,7 @@ def cmd_bag_eval(args: argparse.Namespace) -> int:
 
 
 def make_bag_args(p: argparse.ArgumentParser) -> None:
+    """Arguments of ``rvm-ros make-bag``."""
     p.add_argument("video", help="video file (or image folder / .npy)")
     p.add_argument("out", help="output rosbag2 directory")
     p.add_argument("--topic", default="/camera/image_raw")
@@ -338,6 +384,7 @@ def make_bag_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_make_bag(args: argparse.Namespace) -> int:
+    """Write the bag and print one line."""
     n = make_bag(
         args.video,
         args.out,

@@ -1,4 +1,4 @@
-"""rvm make-bag / rvm bag-eval on a real video: rosbag2 (mcap and sqlite3) in and out."""
+"""rvm-ros make-bag / rvm-ros bag-eval on a real video: rosbag2 (mcap and sqlite3) in and out."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pytest
 from rclpy.serialization import deserialize_message
 from rosbags.highlevel import AnyReader
 
-from rvm_core.cli import main as rvm
 from rvm_core.data.video import read_video
 from rvm_ros.bag_eval import bag_eval, typestore
+from rvm_ros.cli import main as rvm
 from rvm_ros.messages import features_from_msg
 from rvm_ros.msg import FeatureMap, PointTracks
 from rvm_ros.runtime import RVMRuntime

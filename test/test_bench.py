@@ -1,5 +1,6 @@
-"""The issue-#8 benchmark suites run end to end on tiny settings (benchmarks are not tests:
-no timing is asserted, only that each suite runs and writes its table and plots)."""
+"""The benchmark suites (``benchmarks/``) run end to end on tiny settings (benchmarks are not
+tests: no benchmark's timing is asserted, only that each suite runs and writes its table and
+plots)."""
 
 from __future__ import annotations
 
@@ -14,26 +15,24 @@ pytest.importorskip("onnxruntime")
 
 
 def _args(suite: str, *argv: str) -> argparse.Namespace:
-    """Parse ``rvm bench <suite> argv`` with the real CLI parser."""
-    from rvm_core.bench import bench_args
+    """Parse ``python -m benchmarks <suite> argv`` with the real parser."""
+    from benchmarks.__main__ import build_parser
 
-    p = argparse.ArgumentParser()
-    bench_args(p)
-    return p.parse_args([suite, *argv])
+    return build_parser().parse_args([suite, *argv])
 
 
 def test_suites_registered() -> None:
-    from rvm_core.bench import SUITES
+    from benchmarks import SUITES
 
-    for name in ("streaming", "peers", "aggregator", "mfu", "all"):
+    for name in ("streaming", "peers", "aggregator", "mfu", "all", "node", "gpu-check"):
         assert name in SUITES
 
 
 def test_streaming_quick(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from rvm_core.bench import streaming
+    from benchmarks import streaming
 
     args = _args("streaming", "--quick", "--out", str(tmp_path))
-    assert args.bench_run(args) == 0
+    assert args.run(args) == 0
     out = capsys.readouterr().out
     assert "PyTorch eager" in out and "ONNX Runtime" in out
     assert (tmp_path / "streaming_default.png").stat().st_size > 0
@@ -44,7 +43,7 @@ def test_streaming_quick(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
 def test_peers_quick(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     pytest.importorskip("transformers")
     args = _args("peers", "--quick", "--sizes", "default", "--out", str(tmp_path))
-    assert args.bench_run(args) == 0
+    assert args.run(args) == 0
     out = capsys.readouterr().out
     for model in ("RVM native", "DINOv2", "VideoMAE", "V-JEPA 2"):
         assert model in out
@@ -52,7 +51,7 @@ def test_peers_quick(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
 
 
 def test_peer_flops_match_token_counts() -> None:
-    from rvm_core.bench.peers import vit_flops
+    from benchmarks.peers import vit_flops
 
     # A 16-frame window with tubelet 2 has 8x the tokens of one frame: >= 8x the FLOPs.
     frame = vit_flops(256, 3 * 16 * 16, 384, 12, 1536, cls=True)
@@ -62,7 +61,7 @@ def test_peer_flops_match_token_counts() -> None:
 
 def test_aggregator_quick(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     args = _args("aggregator", "--quick", "--windows", "1,4", "--out", str(tmp_path))
-    assert args.bench_run(args) == 0
+    assert args.run(args) == 0
     out = capsys.readouterr().out
     assert "GRU core" in out and "attention K=4" in out
     assert (tmp_path / "aggregator.png").is_file()
@@ -70,7 +69,7 @@ def test_aggregator_quick(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
 
 def test_mfu_quick(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     args = _args("mfu", "--quick", "--out", str(tmp_path))
-    assert args.bench_run(args) == 0
+    assert args.run(args) == 0
     assert "GEMM peak" in capsys.readouterr().out
     assert (tmp_path / "mfu.png").is_file()
 
@@ -78,7 +77,7 @@ def test_mfu_quick(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
 def test_all_quick_writes_report(tmp_path: Path) -> None:
     # Peers and node have their own tests (the node suite needs ROS); keep this one short.
     args = _args("all", "--quick", "--out", str(tmp_path), "--skip", "peers,node")
-    assert args.bench_run(args) == 0
+    assert args.run(args) == 0
     report = (tmp_path / "performance.md").read_text()
     assert report.startswith("# Performance")
     for heading in ("## Summary", "## Streaming cost", "## Model FLOPs", "## Recurrent core"):
@@ -91,7 +90,7 @@ def test_all_quick_writes_report(tmp_path: Path) -> None:
 
 def test_side_by_side_compares_an_aged_stream_with_a_fresh_one() -> None:
     """A step whose cost doubles after 100 frames shows up as ~2x; ages are lined up exactly."""
-    from rvm_core.bench.streaming import side_by_side
+    from benchmarks.streaming import side_by_side
 
     def stepper(seen: list[int]):
         def step(frame: int) -> None:
@@ -108,7 +107,7 @@ def test_side_by_side_compares_an_aged_stream_with_a_fresh_one() -> None:
 
 def test_tracker_suite_quick() -> None:
     """Every stage of the readout benchmark runs (model step, trackers, propagation, full)."""
-    from rvm_core.bench.tracker import bench_tracker
+    from benchmarks.tracker import bench_tracker
 
     r = bench_tracker("tiny", (96, 128), tracks=4, frames=2, methods=("rvm", "dis"))
     assert (r["grid_h"], r["grid_w"], r["dim"]) == (16, 16, 128)  # tiny runs at 128x128
@@ -120,7 +119,7 @@ def test_tracker_suite_quick() -> None:
 def test_paired_round_ratio_cancels_load_between_rounds() -> None:
     """Load that doubles every round hits both sides of that round: per-round ratios stay at
     the true 2x while the per-round times themselves grow 8x."""
-    from rvm_core.bench.common import paired_ratios, round_medians, timed_rounds
+    from benchmarks.common import paired_ratios, round_medians, timed_rounds
 
     state = {"load": 1.0, "last": ""}
 
@@ -148,12 +147,12 @@ def test_paired_round_ratio_cancels_load_between_rounds() -> None:
 
 
 def test_gemm_peak_needs_no_ros() -> None:
-    """The GEMM peak (and so `rvm bench runtime`/`mfu`) runs where rclpy is not installed."""
+    """The GEMM peak (and so the runtime and mfu suites) runs where rclpy is not installed."""
     import subprocess
     import sys
 
     code = (
-        "import sys; from rvm_core.bench.gemm import gemm_peak; "
+        "import sys; from benchmarks.gemm import gemm_peak; "
         "p = gemm_peak(sizes=(64,), repeats=1, seconds=0.0, threads=1); "
         "sys.exit(1 if 'rclpy' in sys.modules or not p['peak'] > 0 else 0)"
     )
@@ -164,7 +163,7 @@ def test_wait_share_counts_threads_present_in_both_reads() -> None:
     """Waiting share between two schedstat reads; a thread that exited in between is ignored."""
     import math
 
-    from rvm_core.bench.common import sched_times, wait_share
+    from benchmarks.common import sched_times, wait_share
 
     before = {1: (100, 10), 2: (50, 50)}
     after = {1: (190, 20), 3: (5, 500)}  # thread 2 exited, thread 3 is new
@@ -178,8 +177,8 @@ def test_transport_counts_are_consistent() -> None:
     """``bench_transport`` runs a real node process and player; its counts are consistent (no
     rate is asserted: how many frames arrive is what the benchmark measures)."""
     pytest.importorskip("rclpy")
-    from rvm_core.bench.node import default_model
-    from rvm_core.bench.transport import bench_transport, format_report
+    from benchmarks.node import default_model
+    from benchmarks.transport import bench_transport, format_report
 
     hw = (120, 160)
     r = bench_transport(default_model(hw), hw, seconds=2.0, rate=15.0, dds="rvm", qos="sensor")
@@ -189,7 +188,7 @@ def test_transport_counts_are_consistent() -> None:
 
 
 def test_bench_size_must_be_hxw() -> None:
-    from rvm_core.bench.node import parse_hw
+    from benchmarks.node import parse_hw
 
     assert parse_hw("480x640") == (480, 640)
     for bad in ("48x", "x640", "480", "0x640", "480x640x3", "ax640"):
@@ -203,10 +202,42 @@ def test_transport_fails_at_once_when_the_node_exits(tmp_path) -> None:
     pytest.importorskip("rclpy")
     import os
 
-    from rvm_core.bench.transport import bench_transport
+    from benchmarks.transport import bench_transport
 
     before = dict(os.environ)
     missing = tmp_path / "missing.onnx"
     with pytest.raises(RuntimeError, match=f"rvm_node exited: .*{missing}"):
         bench_transport(missing, (48, 64), seconds=1.0, rate=5.0, dds="default", qos="sensor")
     assert dict(os.environ) == before
+
+
+def test_bench_runtime_quick(capsys) -> None:
+    from benchmarks.__main__ import main
+
+    assert main(["runtime", "--quick", "--sizes", "tiny"]) == 0
+    out = capsys.readouterr().out
+    assert "GEMM fp32 GFLOP/s" in out and "tiny-quick" in out and "ratio" in out
+
+
+def test_bench_node_quick(tmp_path: Path) -> None:
+    """``python -m benchmarks node --quick``, started from another directory (the suite finds
+    its own folder), runs end to end and prints its table."""
+    pytest.importorskip("rclpy")
+    import subprocess
+
+    from benchmarks.common import child_env, module_command
+
+    cmd = module_command("", "node", "--quick", "--size", "240x320")
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=170, cwd=tmp_path, env=child_env()
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for row in ("bare runtime step", "rclpy relay", "node end to end", "overhead:", "sustained:"):
+        assert row in proc.stdout, proc.stdout
+    assert list(tmp_path.iterdir()) == []  # wrote nothing where it was started
+
+
+def test_all_writes_nothing_into_docs_by_default() -> None:
+    """Without --out the report goes to runs/bench, never over the committed docs/."""
+    args = _args("all", "--quick")
+    assert Path(args.out) == Path("runs/bench")

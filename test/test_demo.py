@@ -1,4 +1,4 @@
-"""``rvm demo``: a real clip from a player process through the node, outputs recorded to mcap,
+"""``rvm-ros demo``: a real clip from a player process through the node, outputs recorded to mcap,
 a video, a picture and a summary."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from pathlib import Path
 import cv2
 from rosbags.highlevel import AnyReader
 
-from rvm_core.cli import main as rvm
 from rvm_ros.bag_eval import typestore
+from rvm_ros.cli import main as rvm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from rvm_test_models import tiny_onnx  # noqa: E402
@@ -25,14 +25,14 @@ def test_demo_records_draws_and_summarises(tmp_path, capsys):
     assert rvm(args + ["--out", str(tmp_path)]) == 0
     line = capsys.readouterr().out.strip().splitlines()[-1]
     m = re.match(
-        r"rvm demo: (\d+) frames published at [\d.]+ fps, (\d+) processed \((\d+) dropped\) at "
+        r"rvm-ros demo: (\d+) frames published at [\d.]+ fps, (\d+) processed \((\d+) dropped\) at "
         r"([\d.]+) fps, latency p50 ([\d.]+) ms p95 ([\d.]+) ms, tracks alive (\d+)/(\d+), "
         r"model \S+, (\d+) received, \d+% of published processed, (\d+) masks \| ",
         line,
     )
     assert m, line
     published, processed, dropped = int(m[1]), int(m[2]), int(m[3])
-    # How many frames keep up depends on machine load (keeping up is `rvm bench node`'s job);
+    # How many frames keep up depends on machine load (keeping up is the node benchmark's job);
     # what must hold under any load: every frame is processed, dropped or lost to keep-last-1
     # QoS, never more, and processing went on through the clip (checked on the bag below).
     assert published == 20 and 2 <= processed and processed + dropped <= published
@@ -85,13 +85,13 @@ def test_demo_with_a_missing_model_fails_in_one_line_and_cleans_up(tmp_path):
     model = tmp_path / f"missing-{os.getpid()}.onnx"
     tmp = tmp_path / "tmp"
     tmp.mkdir()
-    cmd = [sys.executable, "-m", "rvm_core.cli", "demo", "--model", str(model), "--seconds", "1"]
+    cmd = [sys.executable, "-m", "rvm_ros.cli", "demo", "--model", str(model), "--seconds", "1"]
     cmd += ["--out", str(tmp_path / "out")]
     env = {**os.environ, "TMPDIR": str(tmp)}
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode != 0
     err = r.stderr.strip().splitlines()
     assert len(err) == 1 and str(model) in err[0] and "Traceback" not in r.stderr, r.stderr
-    assert err[0].startswith("rvm demo: error: ")
+    assert err[0].startswith("rvm-ros demo: error: ")
     assert list(tmp.glob("rvm-demo-*")) == []  # the demo's temp dir is gone
     assert _processes_mentioning(str(model)) == []  # no rvm_node (or player) left running

@@ -12,7 +12,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 # Commands that also need the PyTorch side (they export or replay with it): not deployment.
-NOT_DEPLOYMENT = {"bag_eval.py", "demo.py"}
+NOT_DEPLOYMENT = {"bag_eval.py", "cli.py", "demo.py"}
 # Imported inside a try with a fallback: optional by design.
 OPTIONAL = {"PIL": "mask_client reads palette PNGs with Pillow when it is there"}
 # pip distribution -> the rosdep key package.xml declares it under (onnxruntime: pip only).

@@ -1,5 +1,5 @@
-"""``rvm check-gpu``: on this CPU machine every GPU row is skipped with its reason (never
-"pass"), and the measurement functions behind the rows run on the CPU with a small model."""
+"""``python -m benchmarks gpu-check``: on this CPU machine every GPU row is skipped with its reason
+(never "pass"), and the measurement functions behind the rows run on the CPU with a small model."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from rvm_core.bench import gpu_check
-from rvm_core.bench.gpu_check import ORT_ROWS, TORCH_ROWS, Plan, Row
-from rvm_core.cli import main
+from benchmarks import gpu_check
+from benchmarks.__main__ import main
+from benchmarks.gpu_check import ORT_ROWS, TORCH_ROWS, Plan, Row
 from rvm_ros import runtime as runtime_module
 
 # A small model at the check's 256x256 input: the functions are the GPU check's, not copies.
@@ -38,7 +38,7 @@ def _table_rows(out: str) -> dict[str, tuple[str, str]]:
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible: the rows would run")
 def test_cpu_machine_prints_every_gpu_row_skipped_with_why(capsys) -> None:
-    assert main(["check-gpu", "--quick"]) == 0
+    assert main(["gpu-check", "--quick"]) == 0
     out = capsys.readouterr().out
     rows = _table_rows(out)
     assert set(rows) == set(TORCH_ROWS) | set(ORT_ROWS)
@@ -51,10 +51,11 @@ def test_cpu_machine_prints_every_gpu_row_skipped_with_why(capsys) -> None:
 
 
 def test_bad_device_is_one_line_error(capsys) -> None:
-    assert main(["check-gpu", "--device", "cpu"]) == 1
+    assert main(["gpu-check", "--device", "cpu"]) == 1
     err = capsys.readouterr().err.strip()
     assert (
-        err.startswith("rvm check-gpu: error: --device must be a CUDA device") and "\n" not in err
+        err.startswith("python -m benchmarks gpu-check: error: --device must be a CUDA device")
+        and "\n" not in err
     )
 
 

@@ -24,6 +24,7 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
 from std_srvs.srv import Trigger
 
+from benchmarks.common import child_env, module_command
 from rvm_ros.camera import CameraPipeline, PipelineConfig
 from rvm_ros.image_codec import encode_image
 from rvm_ros.launch_args import default_model_path
@@ -401,13 +402,13 @@ def test_overload_newest_frames_bounded_memory_latency(rvm_node, make_node, exec
         """Publish at ``rate`` Hz from another process -> publish times (s, = stamps)."""
         out = Path(tempfile.mkdtemp()) / "times.npy"
         # The benchmark's publisher process (random 240x320 rgb8 frames, reliable QoS).
-        cmd = [sys.executable, "-m", "rvm_core.bench.node", "--publish", "/load/image"]
+        cmd = module_command("node", "--publish", "/load/image")
         proc = subprocess.run(
             cmd + [str(seconds), str(rate), "240", "320", str(out)],
             capture_output=True,
             text=True,
             timeout=seconds + 60,
-            env={**os.environ, "RVM_BENCH_RELIABILITY": "reliable"},
+            env=child_env({**os.environ, "RVM_BENCH_RELIABILITY": "reliable"}),
         )
         assert proc.returncode == 0, proc.stderr
         return np.load(out)
@@ -481,15 +482,6 @@ def test_overload_newest_frames_bounded_memory_latency(rvm_node, make_node, exec
     assert p95 <= 2 * step + 0.005, f"latency p95 {p95 * 1e3:.1f} ms > 2 steps ({step * 1e3:.1f})"
     # Memory: no growth after warm-up (a queue of 240x320 frames would grow ~20 MB/s).
     assert max(rss[10:]) - rss[10] < 30, f"RSS grew {rss[10]:.0f} -> {max(rss[10:]):.0f} MB"
-
-
-def test_bench_node_quick():
-    """``rvm bench node --quick`` runs end to end and prints its table."""
-    cmd = [sys.executable, "-m", "rvm_core.cli", "bench", "node", "--quick", "--size", "240x320"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=170, cwd=REPO)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    for row in ("bare runtime step", "rclpy relay", "node end to end", "overhead:", "sustained:"):
-        assert row in proc.stdout, proc.stdout
 
 
 def test_warmup_steps_parameter_reaches_the_runtime():

@@ -1,5 +1,5 @@
 """The ONNX Runtime streaming runtime on the CPU: IOBinding ping-pong state, reset, several
-streams, input checks, the GPU fallback, and ``rvm bench runtime --quick``."""
+streams, input checks and the GPU fallback."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ import pytest
 import torch
 
 from rvm_core.checkpoint import build_model
-from rvm_core.cli import main
 from rvm_core.export import export_onnx
 from rvm_core.preprocess import to_model_input
 from rvm_core.readout.features import ModelFeatures
@@ -307,12 +306,6 @@ def test_runtime_imports_no_torch() -> None:
         "import sys, rvm_ros.runtime; sys.exit('torch' in sys.modules or 'rvm_core' in sys.modules)"
     )
     assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
-
-
-def test_bench_runtime_quick(capsys) -> None:
-    assert main(["bench", "runtime", "--quick", "--sizes", "tiny"]) == 0
-    out = capsys.readouterr().out
-    assert "GEMM fp32 GFLOP/s" in out and "tiny-quick" in out and "ratio" in out
 
 
 # -- the GPU setups' chain logic, steered onto CPU sessions --------------------------------------

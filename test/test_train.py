@@ -459,7 +459,7 @@ def test_compile_is_refused_on_xla(tmp_path: Path, data_dirs) -> None:
 
 # -- benchmark and XLA ------------------------------------------------------------------------
 def test_bench_train_reports_throughput_and_data_wait(tmp_path: Path, data_dirs) -> None:
-    from rvm_core.bench.train import bench_train
+    from benchmarks.train import bench_train
 
     cfg = load_config(write_config(tmp_path, data_dirs))
     result = bench_train(cfg, steps=4, warmup=1)

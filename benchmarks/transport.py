@@ -1,5 +1,5 @@
-"""``rvm bench transport``: raw camera frames from another process -> frames published, received,
-processed.
+"""``python -m benchmarks transport``: raw camera frames from another process -> frames published,
+received, processed.
 
 Three processes, as on a robot: a player (a camera driver: random ``--size`` rgb8 frames at
 ``--rate``, reliable publisher as REP-2003 asks of drivers), ``rvm_node`` (its own process,

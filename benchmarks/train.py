@@ -1,4 +1,5 @@
-"""``rvm bench train``: training throughput, step time and data-wait fraction of a real run.
+"""``python -m benchmarks train``: training throughput, step time and data-wait fraction of a real
+run.
 
 It runs the actual training loop (``rvm_core.train.loop.train``, no checkpoints) for
 ``warmup + steps`` optimizer steps in a temporary directory and reports the last ``steps``; the
@@ -15,7 +16,7 @@ from typing import Any
 
 
 def add_args(t: argparse.ArgumentParser) -> None:
-    """Arguments of the suite (registered in ``rvm_core.bench.SUITES``)."""
+    """Arguments of the suite (registered in ``benchmarks.SUITES``)."""
     t.add_argument("--config", required=True, help="training YAML")
     t.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
     t.add_argument("--steps", type=int, default=30, help="measured optimizer steps")
@@ -28,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_train(args: argparse.Namespace) -> int:
-    from ..train.config import load_config
+    from rvm_core.train.config import load_config
 
     cfg = load_config(args.config, args.overrides)
     result = bench_train(cfg, args.steps, args.warmup, args.peak_tflops)
@@ -43,8 +44,8 @@ def model_flops_per_sample(cfg: Any) -> float:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from ..checkpoint import build_model
-    from ..train.loop import sample_masks
+    from rvm_core.checkpoint import build_model
+    from rvm_core.train.loop import sample_masks
 
     mc = cfg.model_config()
     model = build_model(mc, seed=0)
@@ -60,8 +61,8 @@ def model_flops_per_sample(cfg: Any) -> float:
 
 def bench_train(cfg: Any, steps: int = 30, warmup: int = 5, peak_tflops: float = 0.0) -> dict:
     """Run ``warmup + steps`` training steps; throughput and data wait of the last ``steps``."""
-    from ..train.loop import train
-    from ..train.report import read_metrics
+    from rvm_core.train.loop import train
+    from rvm_core.train.report import read_metrics
 
     flops = model_flops_per_sample(cfg)
     with tempfile.TemporaryDirectory(prefix="rvm-bench-") as tmp:

@@ -1,4 +1,5 @@
-"""``rvm bench tracker``: point tracker + label propagation fps, alone and with the model step.
+"""``python -m benchmarks tracker``: point tracker + label propagation fps, alone and with the model
+step.
 
 Input frames are 640x480 (a real frame panned 2 px/frame), features are the model's grid and
 width (the shipped default: 12x16 x 128). Propagation is timed with bilinear and with guided
@@ -45,11 +46,11 @@ def bench_tracker(
     methods: tuple[str, ...] = ("rvm", "hybrid", "lk", "dis"),
 ) -> dict[str, float]:
     """Frames per second of each stage and of the full pipeline -> {name: fps}."""
-    from ..eval.commands import _load
-    from ..readout.dis import FlowMaskPropagator
-    from ..readout.features import ModelFeatures
-    from ..readout.propagation import LabelPropagator, PropagationConfig
-    from ..readout.tracker import PointTracker, TrackerConfig
+    from rvm_core.eval.commands import _load
+    from rvm_core.readout.dis import FlowMaskPropagator
+    from rvm_core.readout.features import ModelFeatures
+    from rvm_core.readout.propagation import LabelPropagator, PropagationConfig
+    from rvm_core.readout.tracker import PointTracker, TrackerConfig
 
     model = _load(config)
     fn = ModelFeatures(model)
@@ -107,7 +108,7 @@ def bench_tracker(
 def run(args: argparse.Namespace) -> int:
     import os
 
-    from ..preprocess import parse_size
+    from rvm_core.preprocess import parse_size
 
     if "OPENBLAS_NUM_THREADS" not in os.environ:  # an explicit setting wins
         # numpy's OpenBLAS threads make the readouts' small matmuls ~100x slower when the cores

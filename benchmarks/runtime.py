@@ -1,4 +1,4 @@
-"""``rvm bench runtime``: PyTorch eager vs ONNX Runtime (CPU EP) time per streaming step.
+"""``python -m benchmarks runtime``: PyTorch eager vs ONNX Runtime (CPU EP) time per streaming step.
 
 Both sides do the same work per frame: uint8 camera frame -> resize/scale -> encoder + core,
 state carried over. PyTorch runs ``to_model_input`` + ``RVM.step`` under inference_mode; ORT
@@ -15,7 +15,7 @@ convention: slower repeats are interference, not the code). ``wait`` is the shar
 timed rounds' runnable time this process's threads spent waiting for a core (Linux schedstat;
 ``-`` elsewhere): above 10% other load was taking the cores and the run is flagged. Achieved
 GFLOP/s uses the analytic count of :mod:`rvm_core.flops`; the GEMM peak is measured in the
-same run (:mod:`rvm_core.bench.gemm`).
+same run (:mod:`benchmarks.gemm`).
 """
 
 from __future__ import annotations
@@ -47,11 +47,10 @@ def bench_model(
     import numpy as np
     import torch
 
+    from rvm_core.export import export_onnx
+    from rvm_core.flops import step_flops
+    from rvm_core.preprocess import to_model_input
     from rvm_ros.runtime import RVMRuntime
-
-    from ..export import export_onnx
-    from ..flops import step_flops
-    from ..preprocess import to_model_input
 
     torch.set_num_threads(threads)
     size = tuple(model.config.image_size)
@@ -121,7 +120,8 @@ def bench_runtime(
     quick: bool = False,
 ) -> tuple[list[dict[str, Any]], dict[str, float]]:
     """Benchmark rows (one per model x attention mode) and the GEMM peak of the same run."""
-    from ..checkpoint import load_model
+    from rvm_core.checkpoint import load_model
+
     from .gemm import gemm_peak
 
     models = [(Path(c).stem, load_model(c)) for c in checkpoints]

@@ -1,4 +1,4 @@
-"""Helpers shared by the suites of issue #8: timing, memory, test frames, tables and machine info.
+"""Helpers shared by the suites: timing, memory, test frames, tables and machine info.
 
 Not a suite itself (it is not in ``SUITES``). Heavy imports stay inside functions, as in every
 module of this package.
@@ -19,6 +19,11 @@ from typing import Any
 
 import numpy as np
 
+# The checkout this folder lives in: child processes import ``benchmarks`` from it, and model
+# exports are cached in its (git-ignored) build folder.
+CHECKOUT = Path(__file__).resolve().parent.parent
+CACHE = CHECKOUT / ".build" / "bench-models"
+
 # A seconds-long RVM for tests (--quick); same shape of work, far smaller numbers.
 QUICK_CONFIG: dict[str, Any] = dict(
     width=32, enc_layers=2, enc_heads=2, enc_mlp=64, core_layers=1, core_heads=2, core_mlp=64
@@ -30,7 +35,7 @@ def build_rvm(name: str, quick: bool = False, **overrides: Any) -> Any:
 
     ``default`` is the shipped model's architecture (read from its checkpoint's metadata).
     """
-    from ..checkpoint import DEFAULT_CHECKPOINT, build_model, read_config
+    from rvm_core.checkpoint import DEFAULT_CHECKPOINT, build_model, read_config
 
     kw: dict[str, Any] = {"dec_layers": 0, **overrides}
     config: Any = read_config(DEFAULT_CHECKPOINT) if name == "default" else name
@@ -186,7 +191,7 @@ def machine_info(threads: int) -> dict[str, str]:
     except ImportError:
         info["transformers"] = "not installed"
     try:
-        root = Path(__file__).resolve().parents[2]
+        root = CHECKOUT
         commit = subprocess.run(
             ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
             capture_output=True,
@@ -205,10 +210,23 @@ def machine_info(threads: int) -> dict[str, str]:
 
 
 def command_line() -> str:
-    """The running command as a user types it: ``rvm`` + arguments (entry point or ``-m``)."""
+    """The running command as a user types it: ``python -m benchmarks`` + arguments."""
     import shlex
 
-    return "rvm " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    return "python -m benchmarks " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+def module_command(module: str, *args: str) -> list[str]:
+    """Command line of ``python -m benchmarks[.module] ARGS`` (run it with :func:`child_env`)."""
+    return [sys.executable, "-m", f"{__package__}.{module}" if module else __package__, *args]
+
+
+def child_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """``env`` (default: this process's) with the checkout on PYTHONPATH, so that a child
+    started from any directory imports this folder."""
+    out = dict(os.environ if env is None else env)
+    out["PYTHONPATH"] = os.pathsep.join(p for p in (str(CHECKOUT), out.get("PYTHONPATH")) if p)
+    return out
 
 
 def save_figure(fig: Any, path: Path) -> Path:

@@ -1,4 +1,5 @@
-"""``rvm bench peers``: cost per new frame of RVM vs clip and image models at equal width/depth.
+"""``python -m benchmarks peers``: cost per new frame of RVM vs clip and image models at equal
+width/depth.
 
 Peers are Hugging Face ``transformers`` models built from configs (random weights, nothing is
 downloaded): VideoMAE and V-JEPA 2 (encoder only), used the only way a streaming user can -
@@ -38,13 +39,13 @@ WINDOW, TUBELET, PATCH, IMAGE = 16, 2, 16, 256
 S_SIZE = dict(width=384, layers=12, heads=6, mlp=1536)
 QUICK = dict(width=32, layers=1, heads=2, mlp=64)
 QUICK_IMAGE, QUICK_WINDOW = 64, 4
-WINDOWED_MIN_RATIO = 6.0  # clip model / RVM per new frame: at least this (issue #8)
+WINDOWED_MIN_RATIO = 6.0  # clip model / RVM per new frame: at least this
 IMAGE_MAX_RATIO = 1.6  # RVM / per-frame image model: at most this
 
 
 def vit_flops(tokens: int, patch_in: int, width: int, layers: int, mlp: int, cls: bool) -> int:
     """FLOPs of one ViT forward (same counting as :mod:`rvm_core.flops`)."""
-    from ..flops import _attention, _mlp
+    from rvm_core.flops import _attention, _mlp
 
     t = tokens + int(cls)
     patch = 2 * tokens * patch_in * width
@@ -57,7 +58,7 @@ def peer_size(name: str) -> dict[str, int]:
         return dict(S_SIZE)
     if name != "default":
         raise ValueError(f"unknown peer size {name!r} (S, default)")
-    from ..checkpoint import DEFAULT_CHECKPOINT, read_config
+    from rvm_core.checkpoint import DEFAULT_CHECKPOINT, read_config
 
     c = read_config(DEFAULT_CHECKPOINT)
     return dict(width=c.width, layers=c.enc_layers, heads=c.enc_heads, mlp=c.enc_mlp)
@@ -119,7 +120,7 @@ def measure_size(
     """Rows (one per model) of ms per new frame at one size, RVM and peers interleaved."""
     import torch
 
-    from ..flops import step_flops
+    from rvm_core.flops import step_flops
 
     torch.set_num_threads(threads)
     size = QUICK if quick else peer_size(name)
@@ -224,7 +225,7 @@ def measure(
 
 
 def checks(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The issue's targets per size: clip models >= 6x RVM, RVM <= 1.6x DINOv2."""
+    """The README's targets per size: clip models >= 6x RVM, RVM <= 1.6x DINOv2."""
     out = []
     for size in dict.fromkeys(r["size"] for r in rows):
         by = {r["model"]: r for r in rows if r["size"] == size}

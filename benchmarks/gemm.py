@@ -1,4 +1,4 @@
-"""``rvm bench gemm``: the fp32 GEMM peak of this machine (torch and numpy), in GFLOP/s.
+"""``python -m benchmarks gemm``: the fp32 GEMM peak of this machine (torch and numpy), in GFLOP/s.
 
 The runtime benchmark measures it in the same process as the model timings, so utilisation is
 against what the cores deliver right now (other load included), not a datasheet number.

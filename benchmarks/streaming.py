@@ -1,4 +1,4 @@
-"""``rvm bench streaming``: per-frame step time and process memory over a long stream.
+"""``python -m benchmarks streaming``: per-frame step time and process memory over a long stream.
 
 RVM's claim is constant cost and memory per frame however long the video: the state is one
 encoded frame, so step k costs what step 1 costs. This suite streams the same panned photo
@@ -58,8 +58,8 @@ def stream_model(
     """Per-step times and RSS of one model on each backend over ``n`` frames."""
     import torch
 
-    from ..export import export_onnx
-    from ..preprocess import to_model_input
+    from rvm_core.export import export_onnx
+    from rvm_core.preprocess import to_model_input
 
     torch.set_num_threads(threads)
     model = build_rvm(name, quick)

@@ -1,4 +1,5 @@
-"""``rvm bench aggregator``: the recurrent core vs the self-attention aggregator (paper ablation).
+"""``python -m benchmarks aggregator``: the recurrent core vs the self-attention aggregator (paper
+ablation).
 
 The Transformer-GRU core carries one encoded frame of state, so its cost per frame is fixed.
 The ablation (:class:`rvm_core.model.core.AttentionAggregator`, ``aggregator="attention"``)
@@ -29,7 +30,7 @@ def measure_model(
     """Rows for the GRU core and the attention aggregator at each K, for one model size."""
     import torch
 
-    from ..flops import step_flops
+    from rvm_core.flops import step_flops
 
     torch.set_num_threads(threads)
     variants: dict[str, Any] = {"GRU core": build_rvm(name, quick)}

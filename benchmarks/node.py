@@ -1,4 +1,5 @@
-"""``rvm bench node``: rvm_node end to end vs the bare runtime step and a plain rclpy relay.
+"""``python -m benchmarks node``: rvm_node end to end vs the bare runtime step and a plain rclpy
+relay.
 
 One run measures, on the same 640x480 (``--size``) frames:
 
@@ -35,22 +36,24 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[2]
+from .common import CACHE, child_env, module_command
+
 TOPIC = "/rvm_bench/image"
 
 
 def default_model(input_hw: tuple[int, int], cache: Path | None = None) -> Path:
     """The shipped default model if exported for ``input_hw``, else a ``tiny`` (96x128) export
     of random weights for ``input_hw`` (cached; the cost does not depend on the weights)."""
+    from rvm_ros.launch_args import default_model_path
     from rvm_ros.runtime import read_metadata
 
-    shipped = REPO / "rvm_ros" / "data" / "rvm_default.onnx"
+    shipped = Path(default_model_path())
     if shipped.is_file() and tuple(read_metadata(shipped).input_size) == tuple(input_hw):
         return shipped
-    from ..export_cache import cached_export
+    from rvm_core.export_cache import cached_export
 
     return cached_export(
-        cache or REPO / ".build" / "bench-models",
+        cache or CACHE,
         f"rvm_tiny_96x128_{input_hw[0]}x{input_hw[1]}",
         "tiny",
         seed=0,
@@ -180,9 +183,9 @@ def play(
 
     with tempfile.TemporaryDirectory(prefix="rvm-bench-play-") as tmp:
         out = Path(tmp) / "times.npy"
-        cmd = [sys.executable, "-m", "rvm_core.bench.node", "--publish", topic]
-        cmd += [str(seconds), str(rate), str(hw[0]), str(hw[1]), str(out)]
-        subprocess.run(cmd, env=env, check=True, timeout=seconds + 90)
+        cmd = module_command("node", "--publish", topic, str(seconds), str(rate))
+        cmd += [str(hw[0]), str(hw[1]), str(out)]
+        subprocess.run(cmd, env=child_env(env), check=True, timeout=seconds + 90)
         return np.load(out, allow_pickle=False)
 
 
@@ -335,7 +338,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
         "--qos",
         choices=("best_effort", "reliable"),
         # Reliable, so that the latencies measure the node rather than transport losses; with
-        # the package's DDS profile best effort delivers raw frames too (`rvm bench transport`).
+        # the package's DDS profile best effort delivers raw frames too (the transport suite).
         default="reliable",
         help="reliability of the publisher, the node's input and the receivers",
     )
@@ -355,4 +358,4 @@ def run(args: argparse.Namespace) -> int:
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--publish":
         sys.exit(publish_main(sys.argv[2:]))
-    sys.exit("usage: rvm bench node [...] (this module runs directly only as --publish)")
+    sys.exit("usage: python -m benchmarks node [...] (this module runs directly only as --publish)")

@@ -1,9 +1,10 @@
-"""``rvm bench mfu``: achieved GFLOP/s of the RVM step vs this CPU's GEMM peak (same run).
+"""``python -m benchmarks mfu``: achieved GFLOP/s of the RVM step vs this CPU's GEMM peak (same
+run).
 
 Model FLOPs utilisation = analytic step FLOPs (:func:`rvm_core.flops.step_flops`) / median step
 time / fp32 GEMM peak. The peak is measured in this process before and after the model timings
 (the better of the two counts: load on a shared machine only lowers it), so the ratio compares
-like with like. Step times come from :func:`rvm_core.bench.runtime.bench_model`: PyTorch eager
+like with like. Step times come from :func:`benchmarks.runtime.bench_model`: PyTorch eager
 and ONNX Runtime interleaved, uint8 frame in, state carried over.
 """
 
@@ -25,8 +26,9 @@ def measure(
     quick: bool = False,
 ) -> dict[str, Any]:
     """Rows (one per model) with eager/ORT GFLOP/s and utilisation, plus the GEMM peak."""
-    from ..export import DEFAULT_ATTENTION
-    from ..flops import step_flops
+    from rvm_core.export import DEFAULT_ATTENTION
+    from rvm_core.flops import step_flops
+
     from .gemm import gemm_peak
     from .runtime import bench_model
 

@@ -1,4 +1,5 @@
-"""``rvm check-gpu`` / ``make gpu-check``: the GPU paths checked once, one table out.
+"""``python -m benchmarks gpu-check`` / ``make gpu-check``: the GPU paths checked once, one table
+out.
 
 Rows, each run on the ``--device`` GPU (default the first) or skipped with the reason:
 
@@ -89,7 +90,7 @@ def tf32(enabled: bool) -> Iterator[None]:
 
 def random_model(name: str, device: Any, **overrides: Any) -> Any:
     """An RVM of a named config with random weights (seed 0), on ``device``, eval mode."""
-    from ..checkpoint import build_model
+    from rvm_core.checkpoint import build_model
 
     return build_model(name, seed=0, **overrides).to(device).eval()
 
@@ -182,9 +183,9 @@ def train_flops_per_sample(model_name: str, **overrides: Any) -> float:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from ..config import get_config
-    from ..model import RVM
-    from ..train.loop import forward_loss, sample_masks
+    from rvm_core.config import get_config
+    from rvm_core.model import RVM
+    from rvm_core.train.loop import forward_loss, sample_masks
 
     mc = get_config(model_name, **overrides)
     meta = torch.device("meta")
@@ -205,11 +206,11 @@ def train_throughput(
     """bf16 training steps (fp32 on the CPU) on a resident synthetic batch: samples/s, ms."""
     import torch
 
-    from ..checkpoint import build_model
-    from ..train.config import OptimConfig
-    from ..train.distributed import DistEnv, prepare_model
-    from ..train.loop import forward_loss, sample_masks
-    from ..train.optim import build_optimizer
+    from rvm_core.checkpoint import build_model
+    from rvm_core.train.config import OptimConfig
+    from rvm_core.train.distributed import DistEnv, prepare_model
+    from rvm_core.train.loop import forward_loss, sample_masks
+    from rvm_core.train.optim import build_optimizer
 
     dev = torch.device(device)
     dtype = torch.bfloat16 if dev.type == "cuda" else None  # CPU: bf16 is emulated there
@@ -291,7 +292,7 @@ def step_latency(
 
 def export_step(path: str, model_name: str, **overrides: Any) -> str:
     """Export the streaming step of a random-weight model for 256x256 frames (fp32)."""
-    from ..export import export_onnx
+    from rvm_core.export import export_onnx
 
     model = random_model(model_name, "cpu", **overrides)
     return str(export_onnx(model, path, SIZE, model_size=SIZE).path)
@@ -314,9 +315,8 @@ def ort_step(
     import numpy as np
     import torch
 
+    from rvm_core.preprocess import to_model_input
     from rvm_ros.runtime import RVMRuntime
-
-    from ..preprocess import to_model_input
 
     rng = np.random.default_rng(0)
     video = rng.integers(0, 256, (frames, *SIZE, 3), dtype=np.uint8)
@@ -540,14 +540,14 @@ def format_table(rows: list[Row], header: list[str]) -> str:
     return "\n".join(lines)
 
 
-# -- command line: rvm check-gpu / make gpu-check -------------------------------------------------
-def check_gpu_args(p: argparse.ArgumentParser) -> None:
-    """Arguments of ``rvm check-gpu``."""
+# -- command line: python -m benchmarks gpu-check / make gpu-check --------------------------------
+def add_args(p: argparse.ArgumentParser) -> None:
+    """Arguments of ``python -m benchmarks gpu-check``."""
     p.add_argument("--quick", action="store_true", help="fewer frames, steps and iterations")
     p.add_argument("--device", default="cuda", help="CUDA device (default: cuda, i.e. cuda:0)")
 
 
-def cmd_check_gpu(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     """Run every check, print the table; exit status 1 if a check FAILed."""
     if not args.device.startswith("cuda"):
         raise ValueError(f"--device must be a CUDA device (cuda, cuda:1, ...), got {args.device!r}")
@@ -559,11 +559,3 @@ def cmd_check_gpu(args: argparse.Namespace) -> int:
     header.append(f"elapsed {time.perf_counter() - t0:.0f} s")
     print(format_table(rows, header))
     return 1 if any(r.status == "FAIL" for r in rows) else 0
-
-
-if __name__ == "__main__":
-    import sys
-
-    parser = argparse.ArgumentParser(prog="python -m rvm_core.bench.gpu_check")
-    check_gpu_args(parser)
-    sys.exit(cmd_check_gpu(parser.parse_args()))
