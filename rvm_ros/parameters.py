@@ -66,7 +66,7 @@ class NodeParameter:
         if isinstance(self.default, list) != isinstance(value, list) or not all(
             type(v) is want for v in items
         ):
-            return f"{self.name} must be a {self.type_name}, got {value!r}"
+            return f"{self.name} must be of type {self.type_name}, got {value!r}"
         if self.range is not None:
             lo, hi = self.range
             bad = [v for v in items if not lo <= v <= hi]
@@ -106,7 +106,7 @@ class NodeParameter:
 
 
 def _num(x: float) -> str:
-    return f"{x:g}"
+    return str(x) if isinstance(x, int) else f"{x:g}"
 
 
 _P = NodeParameter
@@ -285,9 +285,12 @@ def parameter_file_values(path: str | Path, node_name: str = NODE_NAME) -> dict[
         where = f" at line {mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or type(exc).__name__
         raise ValueError(f"{path}: not valid YAML{where}: {problem}") from None
-    except (RuntimeError, AttributeError, TypeError, KeyError) as exc:
-        # rclpy's parser raises these for a file that is not a ROS parameter mapping.
-        raise ValueError(f"{path}: not a ROS parameter file for {node_name}: {exc}") from None
+    except (RuntimeError, AttributeError, TypeError, KeyError):
+        # rclpy's parser raises these (with Python's own texts) for any other layout.
+        raise ValueError(
+            f"{path}: not a ROS parameter file for {node_name}: expected "
+            f"'{node_name}', '/**/{node_name}' or '/**' with 'ros__parameters' under it"
+        ) from None
     except (ValueError, OSError) as exc:
         raise ValueError(f"{path}: {exc}") from None
     values = {name: python_value(parameter_value_to_python(p.value)) for name, p in raw.items()}
