@@ -58,3 +58,10 @@ def test_bad_values_have_one_line_reasons(values, says):
 
 def test_ros_parameters_are_not_the_tables_business():
     assert check_values({"use_sim_time": True, "qos_overrides./x.subscription.depth": 5}) == ""
+
+
+def test_diagnostics_config_defaults_are_the_tables():
+    from rvm_ros.diagnostics import DiagnosticsConfig
+
+    for f in dataclasses.fields(DiagnosticsConfig):
+        assert f.default == PARAMETERS[f"diagnostics.{f.name}"].default, f.name
