@@ -4,8 +4,9 @@ A managed (lifecycle) node. ``autostart:=true`` (default): it configures and act
 ``autostart:=false``: it stays unconfigured for a lifecycle manager (nav2_lifecycle_manager,
 ``ros2 lifecycle set /rvm_node configure`` then ``activate``).
 
-Arguments and defaults come from ``rvm_ros.launch_args``, shared with
-``python -m rvm_ros.launch_local`` which starts the same node where ``ros2 launch`` is missing.
+Arguments, defaults and choices come from ``rvm_ros.launch_args`` (those that set node
+parameters from the node's parameter table), shared with ``python -m rvm_ros.launch_local``
+which starts the same node where ``ros2 launch`` is missing.
 The node gets the package's Fast DDS profile (config/fastdds.xml, shared memory for raw frames)
 unless the environment already configures Fast DDS (launch argument ``dds_profile``).
 """
@@ -42,9 +43,10 @@ def generate_launch_description() -> LaunchDescription:
     args = [
         DeclareLaunchArgument(
             name,
-            default_value=default_params_file() if name == "params_file" else default,
-            description=text,
+            default_value=default_params_file() if name == "params_file" else arg.default,
+            description=arg.description,
+            choices=list(arg.choices) or None,
         )
-        for name, (default, text) in LAUNCH_ARGUMENTS.items()
+        for name, arg in LAUNCH_ARGUMENTS.items()
     ]
     return LaunchDescription([*args, OpaqueFunction(function=_node)])

@@ -1,10 +1,16 @@
-"""Model configurations: one small frozen dataclass per size, plus a registry of named sizes."""
+"""Model configurations: one small frozen dataclass per size, plus a registry of named sizes.
+
+Also the project's one ``key=value`` parser (:func:`parse_key_values`), for every command line
+that overrides settings: training configs, tracker/propagation configs, launch arguments.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 AGGREGATORS = ("gru", "attention")
 STEMS = ("patch", "mobilenetv2")
@@ -164,3 +170,37 @@ def get_config(name_or_config: str | RVMConfig, **overrides: object) -> RVMConfi
             raise ValueError(f"unknown config {name_or_config!r}; choose from {sorted(CONFIGS)}")
         config = CONFIGS[name_or_config]
     return config.replace(**overrides) if overrides else config
+
+
+def parse_key_values(items: Iterable[str], sep: str = "=", typed: bool = True) -> dict[str, Any]:
+    """``key=value`` items -> ``{key: value}`` in order (a repeated key: the last wins).
+
+    ``typed``: values are read as YAML (``true``, ``3``, ``[1, 2]``, ``null``) and numbers YAML
+    1.1 leaves as text (``1e-4``, ``inf``) become floats; else values stay strings (launch
+    arguments). An item without ``sep`` or with an empty key, or a value YAML cannot read, is a
+    one-line ValueError.
+    """
+    out: dict[str, Any] = {}
+    for item in items:
+        key, found, text = item.partition(sep)
+        key = key.strip()
+        if not found or not key:
+            raise ValueError(f"{item!r} is not key{sep}value")
+        out[key] = _typed_value(key, text) if typed else text
+    return out
+
+
+def _typed_value(key: str, text: str) -> Any:
+    import yaml
+
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise ValueError(f"{key}: cannot read value {text!r} ({problem})") from None
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value

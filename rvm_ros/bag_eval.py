@@ -313,40 +313,13 @@ def bag_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--storage", default="mcap", choices=("mcap", "sqlite3"))
 
 
-def node_parameters(path: str | Path | None) -> dict[str, Any]:
-    """rvm_node's parameters by ROS name: its declared defaults, then a parameter YAML's
-    rvm_node entry (default: config/rvm.yaml)."""
-    import yaml
-
-    from rvm_ros.launch_args import default_params_file
-    from rvm_ros.node import PARAMETERS
-
-    path = Path(path or default_params_file())
-    doc = yaml.safe_load(path.read_text()) or {}
-    params: dict[str, Any] = {name: spec[0] for name, spec in PARAMETERS.items()}
-    for key, value in doc.items():
-        if key.rstrip("/").endswith("rvm_node") or key == "/**":
-            params.update(flatten_parameters(value.get("ros__parameters", {})))
-    return params
-
-
-def flatten_parameters(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested YAML parameters -> ROS names: ``{"tracks": {"max": 1}}`` -> ``{"tracks.max": 1}``."""
-    out: dict[str, Any] = {}
-    for key, value in params.items():
-        if isinstance(value, dict):
-            out.update(flatten_parameters(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def cmd_bag_eval(args: argparse.Namespace) -> int:
     """Replay the bag and print one summary line (TAP-Vid metrics with ground truth)."""
     from rvm_ros.camera import PipelineConfig
-    from rvm_ros.launch_args import default_model_path
+    from rvm_ros.launch_args import default_model_path, default_params_file
+    from rvm_ros.parameters import node_parameters
 
-    params = node_parameters(args.params)
+    params = node_parameters(args.params or default_params_file())
     s = bag_eval(
         args.bag,
         args.checkpoint or default_model_path(),

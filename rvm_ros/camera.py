@@ -24,8 +24,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from rvm_ros.image_codec import DEFAULT_MAX_PIXELS, ImageError, decode_compressed, decode_image
+from rvm_ros.image_codec import ImageError, decode_compressed, decode_image
 from rvm_ros.masks import MaskTracker, Shapes
+from rvm_ros.parameters import PARAMETERS, default
 from rvm_ros.stats import CameraStats
 from rvm_ros.worker_queue import WorkerQueue
 
@@ -44,42 +45,32 @@ class Runtime(Protocol):
 
 @dataclass(frozen=True)
 class PipelineConfig:
-    """Per-camera processing settings (the node's parameters of the same names)."""
+    """Per-camera processing settings: the node parameters marked ``pipeline`` in
+    ``rvm_ros.parameters`` (``tracks.max`` -> ``tracks_max``), with their defaults."""
 
-    max_image_pixels: int = DEFAULT_MAX_PIXELS
-    depth_max: int = 10000  # 16UC1 value mapped to white (mm: 10 m)
-    reset_on_time_jump: bool = True
-    max_gap_sec: float = 1.0  # a larger gap between processed frames resets the state
-    tracks_grid: tuple[int, int] = (8, 8)  # auto-seed rows x cols; (0, 0) disables seeding
-    tracks_max: int = 256
-    tracks_reseed: bool = True  # re-seed empty grid cells when their track is lost
-    tracks_lost_frames: int = 15  # consecutive invisible frames before a track is dropped
-    tracks_method: str = "rvm"  # "rvm" (features), "hybrid" (+ LK), "lk" or "dis" (flow)
-    mask_context: int = 7  # previous frames the mask propagation attends to (plus the seed)
+    max_image_pixels: int = default("max_image_pixels")
+    depth_max: int = default("depth_max")
+    reset_on_time_jump: bool = default("reset_on_time_jump")
+    max_gap_sec: float = default("max_gap_sec")
+    tracks_grid: tuple[int, int] = tuple(default("tracks.grid"))  # (0, 0): no seeding
+    tracks_max: int = default("tracks.max")
+    tracks_reseed_when_lost: bool = default("tracks.reseed_when_lost")
+    tracks_lost_frames: int = default("tracks.lost_frames")
+    tracks_method: str = default("tracks.method")
+    masks_context: int = default("masks.context")
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> PipelineConfig:
         """From node parameters by ROS name (``tracks.max``, ...); absent ones keep defaults."""
-        kw = {f: params[name] for name, f in _PARAMETER_FIELDS.items() if name in params}
+        kw = {
+            name.replace(".", "_"): params[name]
+            for name, p in PARAMETERS.items()
+            if p.pipeline and name in params
+        }
         if "tracks_grid" in kw:
             grid = list(kw["tracks_grid"]) + [0, 0]  # a short list (e.g. []) disables seeding
             kw["tracks_grid"] = (int(grid[0]), int(grid[1]))
         return cls(**kw)
-
-
-# ROS parameter name (rvm_ros.node.PARAMETERS) -> PipelineConfig field.
-_PARAMETER_FIELDS = {
-    "max_image_pixels": "max_image_pixels",
-    "depth_max": "depth_max",
-    "reset_on_time_jump": "reset_on_time_jump",
-    "max_gap_sec": "max_gap_sec",
-    "tracks.grid": "tracks_grid",
-    "tracks.max": "tracks_max",
-    "tracks.reseed_when_lost": "tracks_reseed",
-    "tracks.lost_frames": "tracks_lost_frames",
-    "tracks.method": "tracks_method",
-    "masks.context": "mask_context",
-}
 
 
 @dataclass
@@ -168,7 +159,7 @@ class CameraPipeline:
         self._last_stamp: float | None = None
         self._last_hw: tuple[int, int] | None = None
         self._reset_requested: str | None = None
-        self.masks = MaskTracker(self.config.mask_context)
+        self.masks = MaskTracker(self.config.masks_context)
         self.mask_failures = 0  # seeds that did not fit their frame, propagation errors
 
     @property
@@ -400,7 +391,7 @@ class CameraPipeline:
             new_xy.append((x, y))
         t.pending = t.pending[max(room, 0) :]
         rows, cols = cfg.tracks_grid
-        if rows > 0 and cols > 0 and (cfg.tracks_reseed or self.frame_index == 0):
+        if rows > 0 and cols > 0 and (cfg.tracks_reseed_when_lost or self.frame_index == 0):
             taken = set(t.seeded.values())
             pts = grid_points(hw, (rows, cols))
             for cell, (x, y) in enumerate(pts):

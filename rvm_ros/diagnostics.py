@@ -18,6 +18,8 @@ from typing import Any
 
 from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
 
+from rvm_ros.parameters import default
+
 OK, WARN, ERROR, STALE = (
     DiagnosticStatus.OK,
     DiagnosticStatus.WARN,
@@ -30,9 +32,9 @@ OK, WARN, ERROR, STALE = (
 class DiagnosticsConfig:
     """Thresholds of the camera levels (the node's ``diagnostics.*`` parameters)."""
 
-    warn_after_sec: float = 1.0
-    stale_after_sec: float = 5.0
-    min_fps: float = 0.0  # 0: no rate check
+    warn_after_sec: float = default("diagnostics.warn_after_sec")
+    stale_after_sec: float = default("diagnostics.stale_after_sec")
+    min_fps: float = default("diagnostics.min_fps")  # 0: no rate check
 
 
 @dataclass(frozen=True)

@@ -1,16 +1,19 @@
 """Launch arguments shared by ``launch/rvm.launch.py`` and ``python -m rvm_ros.launch_local``.
 
-One source of truth: the launch file declares exactly these arguments with these defaults, and
-the local launcher (for machines without ``ros2 launch``) turns the same values into
-``--ros-args`` for ``rvm_node``.
+One source of truth: the launch file declares exactly these arguments with these defaults and
+choices, and the local launcher (for machines without ``ros2 launch``) turns the same values into
+``--ros-args`` for ``rvm_node``. The arguments that set node parameters take their description,
+choices and default from the node's parameter table (``rvm_ros.parameters``).
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import NamedTuple
 
-NODE_NAME = "rvm_node"
+from rvm_ros.parameters import NODE_NAME, PARAMETERS
+
 PACKAGE = "rvm_ros"
 EXECUTABLE = "rvm_node"
 # Remapped by the image_topic argument: the node subscribes to the relative topic "image".
@@ -32,20 +35,46 @@ def default_model_path() -> str:
     return str(Path(__file__).resolve().parent / "data" / "rvm_default.onnx")
 
 
-# name -> (default, description). Defaults are strings, as launch arguments are.
-LAUNCH_ARGUMENTS: dict[str, tuple[str, str]] = {
-    "params_file": ("", "parameter YAML for rvm_node (empty: the package's config/rvm.yaml)"),
-    "image_topic": ("/camera/image_raw", "camera topic the node's 'image' input is remapped to"),
-    "namespace": ("", "namespace of the node (and of its relative topics)"),
-    "use_sim_time": ("false", "use /clock (bag replay with --clock)"),
-    "model_path": ("", "ONNX model (empty: the value in params_file, else the shipped default)"),
-    "device": ("", "auto | cpu | cuda | tensorrt (empty: the value in params_file)"),
-    "log_level": ("info", "ROS log level of the node"),
-    "autostart": (
-        "true",
-        "configure and activate the (lifecycle) node on start; false: a lifecycle manager does",
+class LaunchArgument(NamedTuple):
+    """One launch argument: default and choices are strings, as launch arguments are."""
+
+    default: str
+    description: str
+    choices: tuple[str, ...] = ()  # empty: any value
+
+
+def _ros_text(value: object) -> str:
+    """A parameter value as a launch argument string (``true``, not ``True``)."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _node_parameter(name: str, from_params_file: bool) -> LaunchArgument:
+    """The launch argument setting node parameter ``name``, from the parameter table.
+
+    ``from_params_file``: empty (the default) keeps the params file's value; else the argument
+    defaults to the parameter's declared default and always sets it.
+    """
+    p = PARAMETERS[name]
+    if from_params_file:
+        choices = ("", *p.choices) if p.choices else ()
+        return LaunchArgument("", f"{p.description} (empty: the value in params_file)", choices)
+    return LaunchArgument(_ros_text(p.default), p.description, p.choices)
+
+
+LAUNCH_ARGUMENTS: dict[str, LaunchArgument] = {
+    "params_file": LaunchArgument(
+        "", "parameter YAML for rvm_node (empty: the package's config/rvm.yaml)"
     ),
-    "dds_profile": (
+    "image_topic": LaunchArgument(
+        "/camera/image_raw", "camera topic the node's 'image' input is remapped to"
+    ),
+    "namespace": LaunchArgument("", "namespace of the node (and of its relative topics)"),
+    "use_sim_time": LaunchArgument("false", "use /clock (bag replay with --clock)"),
+    "model_path": _node_parameter("model_path", from_params_file=True),
+    "device": _node_parameter("device", from_params_file=True),
+    "log_level": LaunchArgument("info", "ROS log level of the node"),
+    "autostart": _node_parameter("autostart", from_params_file=False),
+    "dds_profile": LaunchArgument(
         "",
         "Fast DDS XML profile for the node (empty: the package's config/fastdds.xml unless the "
         "environment sets one; none: Fast DDS defaults; large_data: Fast DDS's LARGE_DATA)",
@@ -74,16 +103,20 @@ def node_config(values: dict[str, str]) -> dict:
 
     ``model_path``/``device`` override the params file only when non-empty.
     """
-    v = {name: default for name, (default, _) in LAUNCH_ARGUMENTS.items()}
+    v = {name: arg.default for name, arg in LAUNCH_ARGUMENTS.items()}
     v.update({k: val for k, val in values.items() if val is not None})
     unknown = sorted(set(values) - set(LAUNCH_ARGUMENTS))
     if unknown:
         raise ValueError(f"unknown launch arguments: {', '.join(unknown)}")
+    for name, arg in LAUNCH_ARGUMENTS.items():
+        if arg.choices and v[name] not in arg.choices:
+            allowed = ", ".join(map(repr, arg.choices))
+            raise ValueError(f"{name}:={v[name]!r}: choose from {allowed}")
     parameters: dict[str, object] = {
         "use_sim_time": _flag("use_sim_time", v["use_sim_time"]),
         "autostart": _flag("autostart", v["autostart"]),
     }
-    for key in ("model_path", "device"):
+    for key in ("model_path", "device"):  # empty: the params file's value
         if v[key]:
             parameters[key] = v[key]
     return {

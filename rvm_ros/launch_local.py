@@ -14,25 +14,30 @@ from __future__ import annotations
 import shlex
 import sys
 
+from rvm_core.config import parse_key_values
 from rvm_ros.launch_args import LAUNCH_ARGUMENTS, node_config, ros_args
 
 
 def parse(argv: list[str]) -> dict[str, str]:
     """``name:=value`` items -> dict (unknown names are an error, as in ros2 launch)."""
-    values = {}
-    for item in argv:
-        name, sep, value = item.partition(":=")
-        if not sep or name not in LAUNCH_ARGUMENTS:
-            known = ", ".join(LAUNCH_ARGUMENTS)
-            raise SystemExit(f"launch_local: error: expected name:=value with name in: {known}")
-        values[name] = value
+    try:
+        values = parse_key_values(argv, sep=":=", typed=False)
+    except ValueError as exc:
+        raise SystemExit(f"launch_local: error: {exc}") from None
+    unknown = [name for name in values if name not in LAUNCH_ARGUMENTS]
+    if unknown:
+        known = ", ".join(LAUNCH_ARGUMENTS)
+        raise SystemExit(f"launch_local: error: unknown argument {unknown[0]!r}; known: {known}")
     return values
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     show = "--print" in argv
-    cfg = node_config(parse([a for a in argv if a != "--print"]))
+    try:
+        cfg = node_config(parse([a for a in argv if a != "--print"]))
+    except ValueError as exc:  # a value outside an argument's choices
+        raise SystemExit(f"launch_local: error: {exc}") from None
     args = ros_args(cfg)
     if show:
         env = [f"{k}={v}" for k, v in cfg["env"].items()]

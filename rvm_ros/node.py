@@ -59,7 +59,8 @@ from typing import Any, NamedTuple
 import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rcl_interfaces.msg import SetParametersResult
+from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import (
     DurabilityPolicy,
@@ -82,11 +83,12 @@ from rvm_ros.diagnostics import (
     model_status,
     runtime_info,
 )
-from rvm_ros.image_codec import DEFAULT_MAX_PIXELS, ImageError, encode_image
-from rvm_ros.launch_args import NODE_NAME, default_model_path
+from rvm_ros.image_codec import ImageError, encode_image
+from rvm_ros.launch_args import default_model_path
 from rvm_ros.masks import Shapes, decode_labels
 from rvm_ros.messages import feature_map, node_stats, point_tracks
 from rvm_ros.msg import FeatureMap, NodeStats, PointTracks
+from rvm_ros.parameters import NODE_NAME, PARAMETERS, check_values, python_value
 from rvm_ros.runtime import first_line
 from rvm_ros.srv import AddQueries, RemoveTracks, Reset, SetMask
 
@@ -171,103 +173,6 @@ def model_info(runtime: Any) -> ModelInfo:
     )
 
 
-def _descriptor(
-    text: str,
-    lo: float | None = None,
-    hi: float | None = None,
-    integer: bool = False,
-    read_only: bool = False,
-) -> ParameterDescriptor:
-    d = ParameterDescriptor(description=text, read_only=read_only)
-    if lo is not None:
-        if integer:
-            d.integer_range = [IntegerRange(from_value=int(lo), to_value=int(hi), step=1)]
-        else:
-            d.floating_point_range = [FloatingPointRange(from_value=lo, to_value=hi, step=0.0)]
-    return d
-
-
-# Read once when the node is constructed (the diagnostics timer runs in every lifecycle state),
-# so they are read-only: a later set would silently do nothing.
-_STARTUP_ONLY = frozenset({"autostart", "diagnostics.period_sec"})
-
-# name -> (default, description, (lo, hi) or None). Mirrored in config/rvm.yaml (tested).
-PARAMETERS: dict[str, tuple[Any, str, tuple[float, float] | None]] = {
-    "model_path": ("", "ONNX model file (empty: $RVM_MODEL, else the shipped default)", None),
-    "device": ("auto", "ONNX Runtime device: auto | cpu | cuda | tensorrt", None),
-    "trt_cache_dir": (
-        "",
-        "TensorRT engine cache directory (empty: $XDG_CACHE_HOME/rvm/tensorrt)",
-        None,
-    ),
-    # 1 by default: the shipped model steps faster on one thread than on two (9.8 vs 11.9 ms,
-    # `rvm bench runtime` / `bench all`) and the tracker and executor keep the other core.
-    "threads": (1, "ONNX Runtime intra-op threads (0: one per core)", (0, 1024)),
-    "warmup_steps": (
-        -1,
-        "extra steps on a camera's first frame after a (re)start; -1: the model's (warm start)",
-        (-1, 100),
-    ),
-    "image_topics": (
-        ["image"],
-        "camera topics (sensor_msgs/Image; '.../compressed': jpeg/png)",
-        None,
-    ),
-    "feature_dtype": ("float16", "element type of published features: float16 | float32", None),
-    "publish_debug_image": (True, "publish <camera>/rvm/debug_image (PCA colours + tracks)", None),
-    "tracks.grid": ([8, 8], "auto-seeded track grid [rows, cols]; [0, 0] disables seeding", None),
-    "tracks.max": (256, "maximum tracks per camera", (0, 100000)),
-    "tracks.reseed_when_lost": (True, "re-seed a grid cell when its track is lost", None),
-    "tracks.lost_frames": (15, "invisible frames before a track is dropped", (1, 100000)),
-    "tracks.method": (
-        "rvm",
-        "tracker readout: rvm (features) | hybrid (features + LK) | lk | dis (DIS optical flow)",
-        None,
-    ),
-    "reset_on_time_jump": (True, "reset a camera when its stamps go back or jump", None),
-    "max_gap_sec": (1.0, "a gap between processed stamps above this resets (s)", (0.0, 1e6)),
-    "stats_period_sec": (
-        5.0,
-        "period of ~/stats and the stats log line (s); 0: off",
-        (0.0, 3600.0),
-    ),
-    "max_image_pixels": (DEFAULT_MAX_PIXELS, "larger images are rejected", (1, 2**31 - 1)),
-    "depth_max": (10000, "16UC1 value shown as white (mm)", (1, 65535)),
-    "autostart": (True, "configure and activate on start (false: wait for lifecycle calls)", None),
-    "diagnostics.period_sec": (1.0, "period of /diagnostics (s); 0: off", (0.0, 3600.0)),
-    "diagnostics.warn_after_sec": (
-        1.0,
-        "a camera is WARN when no frame was processed for this long (s)",
-        (0.0, 1e6),
-    ),
-    "diagnostics.stale_after_sec": (
-        5.0,
-        "... and STALE after this long (s)",
-        (0.0, 1e6),
-    ),
-    "diagnostics.min_fps": (
-        0.0,
-        "a camera below this processed rate is WARN; 0: no check",
-        (0.0, 1e4),
-    ),
-    "masks.context": (
-        7,
-        "previous frames the mask propagation attends to, besides the seed frame",
-        (1, 100),
-    ),
-    "masks.max_pixels": (
-        DEFAULT_MAX_PIXELS,
-        "larger SetMask label images are refused",
-        (1, 2**31 - 1),
-    ),
-}
-
-_ENUMS = {
-    "device": ("auto", "cpu", "cuda", "tensorrt"),
-    "feature_dtype": ("float16", "float32"),
-    "tracks.method": ("rvm", "hybrid", "lk", "dis"),
-}
-
 # REP-2003 sensor-data semantics (best effort, volatile) with the newest frame only: the worker
 # takes the newest frame anyway, and a deeper reader queue hands it older ones when the executor
 # runs late (measured with depth 5 under 3.5x overload: p99 age 3 frames instead of <= 2). The
@@ -319,12 +224,6 @@ class RVMNode(LifecycleNode):
         # frames' delivery delay (measured p50 2.2 -> 1.1 ms under overload). Process-wide.
         if sys.getswitchinterval() > 0.001:
             sys.setswitchinterval(0.001)
-        for name, (default, text, rng) in PARAMETERS.items():
-            integer = isinstance(default, int) and not isinstance(default, bool)
-            lo, hi = rng if rng else (None, None)
-            self.declare_parameter(
-                name, default, _descriptor(text, lo, hi, integer, name in _STARTUP_ONLY)
-            )
         self._injected_runtime = runtime
         self.runtime: Any = None
         self.model: ModelInfo | None = None
@@ -338,6 +237,7 @@ class RVMNode(LifecycleNode):
         self._warned: dict[tuple[str, str], float] = {}
         # Bounded record of processed frames, for tests and benchmarks.
         self.trace: deque[Processed] = deque(maxlen=20000)
+        self._declare_parameters()
         # /diagnostics is published in every state: a stack sees an unconfigured or failed node.
         self.pub_diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         period = self.get_parameter("diagnostics.period_sec").value
@@ -350,6 +250,19 @@ class RVMNode(LifecycleNode):
             if self.trigger_activate() != TransitionCallbackReturn.SUCCESS:
                 raise RuntimeError(f"activate failed: {self.error}")
         self._autostarting = False
+
+    def _declare_parameters(self) -> None:
+        """Declare the table's parameters; a bad override (params file, ``-p``) is a ValueError."""
+        # Registered first, so overrides given at start pass the same check as later sets.
+        self.add_on_set_parameters_callback(_on_set_parameters)
+        for p in PARAMETERS.values():
+            try:
+                self.declare_parameter(p.name, p.default, p.descriptor())
+            except (InvalidParameterValueException, InvalidParameterTypeException) as exc:
+                # rclpy's text: "Invalid parameter value (v) for parameter. Reason: <why>: <name>"
+                text = str(exc.args[0] if exc.args else exc).removesuffix(f": {p.name}")
+                reason = text.partition("Reason: ")[2] or text
+                raise ValueError(f"bad parameter: {reason}") from None
 
     # -- lifecycle -----------------------------------------------------------------------------
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -428,10 +341,7 @@ class RVMNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def _configure(self) -> None:
-        p = {name: self.get_parameter(name).value for name in PARAMETERS}
-        for name, allowed in _ENUMS.items():
-            if p[name] not in allowed:
-                raise ValueError(f"parameter {name}={p[name]!r}: choose from {allowed}")
+        p = {name: python_value(self.get_parameter(name).value) for name in PARAMETERS}
         self._check_distinct_cameras(p["image_topics"])
         self.params = p
         runtime = self._injected_runtime
@@ -856,6 +766,12 @@ class RVMNode(LifecycleNode):
         self._deactivate()
         self._release()
         super().destroy_node()
+
+
+def _on_set_parameters(params: list[Any]) -> SetParametersResult:
+    """Accept a set only if the table's values pass its check (type, range, choices)."""
+    reason = check_values({p.name: p.value for p in params if p.name in PARAMETERS})
+    return SetParametersResult(successful=not reason, reason=reason)
 
 
 def _mono8(labels: np.ndarray) -> dict[str, Any]:

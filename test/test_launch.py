@@ -10,11 +10,9 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
-from rvm_ros.bag_eval import flatten_parameters, node_parameters
 from rvm_ros.launch_args import LAUNCH_ARGUMENTS, node_config, ros_args
-from rvm_ros.node import PARAMETERS
+from rvm_ros.parameters import PARAMETERS, node_parameters, parameter_file_values
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from lifecycle_calls import change_state, get_state  # noqa: E402
@@ -25,28 +23,96 @@ LAUNCH = REPO / "launch" / "rvm.launch.py"
 HAS_LAUNCH_ROS = importlib.util.find_spec("launch_ros") is not None
 
 
-def test_params_file_matches_declared_parameters():
-    doc = yaml.safe_load((REPO / "config" / "rvm.yaml").read_text())
-    (key,) = doc
-    assert key.endswith("rvm_node")
-    params = flatten_parameters(doc[key]["ros__parameters"])
-    assert set(params) == set(PARAMETERS)
-    for name, value in params.items():
-        default = PARAMETERS[name][0]
+def test_params_file_matches_the_parameter_table():
+    """config/rvm.yaml, read by rclpy's parameter-file parser: the table's keys and defaults."""
+    values = parameter_file_values(REPO / "config" / "rvm.yaml")
+    assert set(values) == set(PARAMETERS)
+    for name, value in values.items():
+        default = PARAMETERS[name].default
         assert type(value) is type(default), name  # rclpy rejects a type change
         assert value == default, f"{name}: yaml {value!r} != declared default {default!r}"
 
 
 def test_node_parameters_yaml_over_declared_defaults(tmp_path):
-    """bag-eval and the demo read a params file as the node would: YAML values over defaults."""
+    """bag-eval reads a params file as the node would: YAML values over defaults."""
     path = tmp_path / "p.yaml"
     path.write_text(
         "/**/rvm_node:\n  ros__parameters:\n    warmup_steps: 0\n    tracks: {max: 7}\n"
+        "    qos_overrides: {/cam: {subscription: {depth: 5}}}\n"
     )
     params = node_parameters(path)
     assert params["warmup_steps"] == 0 and params["tracks.max"] == 7
-    assert params["feature_dtype"] == PARAMETERS["feature_dtype"][0]  # not in the file: default
+    assert params["feature_dtype"] == PARAMETERS["feature_dtype"].default  # not in the file
     assert set(params) == set(PARAMETERS)
+    path.write_text("rvm_node:\n  ros__parameters:\n    tracks.grid: [2, 3]\n")
+    assert node_parameters(path)["tracks.grid"] == [2, 3]
+    path.write_text("/**:\n  ros__parameters:\n    device: cpu\n")
+    assert node_parameters(path)["device"] == "cpu"
+
+
+@pytest.mark.parametrize(
+    "text, says",
+    [
+        ("/**/rvm_node:\n  ros__parameters:\n    threads: [1\n", "not valid YAML at line"),
+        ("- just\n- a list\n", "not a ROS parameter file for rvm_node"),
+        ("other_node:\n  ros__parameters:\n    threads: 2\n", "not a ROS parameter file"),
+        ("/**/rvm_node:\n  threads: 2\n", "not a ROS parameter file"),
+        ("/**/rvm_node:\n  ros__parameters:\n    treads: 2\n", "unknown parameter 'treads'"),
+        (
+            "/**/rvm_node:\n  ros__parameters:\n    max_gap_sec: 1\n",
+            "must be of type double, got 1",
+        ),
+        ("/**/rvm_node:\n  ros__parameters:\n    device: gpu\n", "device='gpu': choose from"),
+        ("/**/rvm_node:\n  ros__parameters:\n    threads: -2\n", "threads=-2 is outside [0,"),
+        ("", "not a ROS parameter file"),
+    ],
+)
+def test_bad_parameter_file_is_one_line_error(tmp_path, text, says):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError) as info:
+        node_parameters(path)
+    message = str(info.value)
+    assert says in message and message.startswith(f"{path}: ") and "\n" not in message, message
+
+
+def test_missing_parameter_file_is_one_line_error(tmp_path):
+    with pytest.raises(ValueError, match=r"nope.yaml: no such file$"):
+        node_parameters(tmp_path / "nope.yaml")
+
+
+def test_launch_arguments_for_node_parameters_come_from_the_table():
+    """Description, choices and default of each node-parameter launch argument: the table's."""
+    device = LAUNCH_ARGUMENTS["device"]
+    assert device.choices == ("", *PARAMETERS["device"].choices) and device.default == ""
+    assert device.description.startswith(PARAMETERS["device"].description)
+    assert LAUNCH_ARGUMENTS["model_path"].description.startswith(
+        PARAMETERS["model_path"].description
+    )
+    autostart = LAUNCH_ARGUMENTS["autostart"]
+    assert autostart.default == "true" and PARAMETERS["autostart"].default is True
+    assert autostart.description == PARAMETERS["autostart"].description
+    for arg in LAUNCH_ARGUMENTS.values():  # ros2 launch refuses a default outside its choices
+        assert not arg.choices or arg.default in arg.choices
+    assert node_config({"device": "cuda"})["parameters"]["device"] == "cuda"
+    with pytest.raises(ValueError, match=r"^device:='gpu': choose from '', 'auto', 'cpu'"):
+        node_config({"device": "gpu"})
+
+
+def test_launch_local_refuses_bad_arguments_with_one_line():
+    for args, says in (
+        (["device:=gpu"], "device:='gpu': choose from"),
+        (["nonsense"], "'nonsense' is not key:=value"),
+        (["colour:=red"], "unknown argument 'colour'"),
+    ):
+        proc = subprocess.run(
+            [sys.executable, "-m", "rvm_ros.launch_local", "--print", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert proc.returncode != 0 and proc.stderr.count("\n") == 1, proc.stderr
+        assert proc.stderr.startswith("launch_local: error: ") and says in proc.stderr
 
 
 @pytest.mark.skipif(HAS_LAUNCH_ROS, reason="launch_ros present: test_launch_description runs")
@@ -73,6 +139,13 @@ def test_launch_file_static():
     }
     assert {"package", "executable", "name", "namespace", "parameters", "remappings"} <= node_kwargs
     assert "additional_env" in node_kwargs  # the DDS profile
+    declare_kwargs = {
+        kw.arg
+        for call in ast.walk(tree)
+        if isinstance(call, ast.Call) and getattr(call.func, "id", "") == "DeclareLaunchArgument"
+        for kw in call.keywords
+    }
+    assert {"default_value", "description", "choices"} <= declare_kwargs
     assert {"params_file", "image_topic", "namespace", "use_sim_time", "autostart"} <= set(
         LAUNCH_ARGUMENTS
     )

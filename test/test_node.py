@@ -13,7 +13,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import pytest
@@ -31,6 +31,7 @@ from rvm_ros.launch_args import default_model_path
 from rvm_ros.messages import features_from_msg
 from rvm_ros.msg import FeatureMap, NodeStats, PointTracks
 from rvm_ros.node import RVMNode, load_runtime
+from rvm_ros.parameters import PARAMETERS
 from rvm_ros.runtime import RVMRuntime
 from rvm_ros.srv import AddQueries, RemoveTracks, Reset, SetMask
 
@@ -971,6 +972,9 @@ def test_configure_creates_each_camera_stream_in_the_runtime(rclpy_context, mode
     [
         (["-p", "image_topics:=['1 bad']"], "rvm_node: error: "),
         (["-p", "image_topics:=[image, /image]"], "are one camera: /image"),
+        (["-p", "device:=gpu"], "bad parameter: device='gpu': choose from auto, cpu, cuda"),
+        (["-p", "threads:=5000"], "bad parameter: Parameter threads out of range"),
+        (["-p", "max_gap_sec:=1"], "bad parameter: Trying to set parameter 'max_gap_sec'"),
         (["-p", "image_topics:=[cam/image, cam/image/compressed]"], "are one camera: /cam/image"),
         (
             [
@@ -1291,3 +1295,83 @@ def test_node_reports_its_cuda_fallback(rclpy_context, model64):
         assert s.level == DiagnosticStatus.WARN and s.message.startswith("cuda requested")
     finally:
         node.destroy_node()
+
+
+# -- parameters: declared from rvm_ros.parameters ------------------------------------------------
+def _parameter_service(make_node, spin_until, srv_type: Any, name: str, request: Any) -> Any:
+    """Call one of rvm_node's parameter services from another node, as ``ros2 param`` does."""
+    client = make_node("rvm_param_client").create_client(srv_type, f"/rvm_node/{name}")
+    assert spin_until(client.service_is_ready, timeout_sec=10.0)
+    future = client.call_async(request)
+    assert spin_until(future.done, timeout_sec=10.0)
+    return future.result()
+
+
+def test_declared_descriptors_carry_types_ranges_and_choices(
+    rvm_node, make_node, spin_until, model64
+):
+    """``ros2 param describe`` sees each table entry: type, description, range, choices."""
+    from rcl_interfaces.srv import DescribeParameters
+
+    rvm_node(model64, ["/pd/image"])
+    names = list(PARAMETERS)
+    got = _parameter_service(
+        make_node,
+        spin_until,
+        DescribeParameters,
+        "describe_parameters",
+        DescribeParameters.Request(names=names),
+    ).descriptors
+    by_name = {d.name: d for d in got}
+    assert set(by_name) == set(names)
+    for p in PARAMETERS.values():
+        d = by_name[p.name]
+        assert d.type == Parameter.Type.from_parameter_value(p.default).value, p.name
+        assert d.description == p.description and d.read_only == p.startup_only, p.name
+        for choice in p.choices:
+            assert choice in d.additional_constraints, p.name
+        scalar_range = p.range is not None and not isinstance(p.default, list)
+        ranges = [(r.from_value, r.to_value) for r in [*d.integer_range, *d.floating_point_range]]
+        assert ranges == ([tuple(p.range)] if scalar_range else []), p.name
+    assert "one of: rvm, hybrid, lk, dis" in by_name["tracks.method"].additional_constraints
+    assert [(r.from_value, r.to_value) for r in by_name["threads"].integer_range] == [(0, 1024)]
+    assert by_name["autostart"].read_only and not by_name["tracks.max"].read_only
+
+
+def test_bad_parameter_value_is_rejected_with_its_reason(rvm_node, make_node, spin_until, model64):
+    """A set through the node's parameter service is refused with a reason and changes nothing."""
+    from rcl_interfaces.srv import SetParameters
+
+    node = rvm_node(model64, ["/pr/image"])
+    cases = [
+        (Parameter("device", value="gpu"), "device='gpu': choose from auto, cpu, cuda, tensorrt"),
+        (Parameter("tracks.method", value="best"), "tracks.method='best': choose from rvm"),
+        (Parameter("tracks.max", value=-1), "out of range"),
+        (Parameter("tracks.grid", value=[-1, 4]), "tracks.grid=[-1, 4] is outside [0, 1024]"),
+        (Parameter("max_gap_sec", value="soon"), "Wrong parameter type"),  # rclpy's check
+        (Parameter("autostart", value=False), "read-only"),
+        (Parameter("tracks.method", value="lk"), ""),  # a good one is taken
+    ]
+    request = SetParameters.Request(parameters=[p.to_parameter_msg() for p, _ in cases])
+    results = _parameter_service(
+        make_node, spin_until, SetParameters, "set_parameters", request
+    ).results
+    for (param, says), result in zip(cases, results):
+        assert result.successful == (not says), (param.name, result.reason)
+        assert says in result.reason and "\n" not in result.reason, (param.name, result.reason)
+    assert node.get_parameter("device").value == "auto"
+    assert node.get_parameter("tracks.method").value == "lk"
+
+
+def test_bad_parameter_override_fails_construction_with_one_line(rclpy_context, model64):
+    """A bad value from a params file or ``-p`` stops the node before anything is made."""
+    with pytest.raises(
+        ValueError, match=r"^bad parameter: feature_dtype='f8': choose from float16"
+    ):
+        RVMNode(
+            context=rclpy_context,
+            parameter_overrides=[
+                Parameter("model_path", value=str(model64)),
+                Parameter("feature_dtype", value="f8"),
+            ],
+        )

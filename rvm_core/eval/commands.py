@@ -7,12 +7,13 @@ import dataclasses
 import json
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 
+from ..config import parse_key_values
 from ..readout.dis import DISConfig, propagate_flow
 from ..readout.features import ModelFeatures, PixelFeatures
 from ..readout.propagation import PropagationConfig, propagate_labels
@@ -22,33 +23,15 @@ FeatureFn = Callable[[np.ndarray], np.ndarray]
 
 
 # -- shared helpers ----------------------------------------------------------------------------
-def _parse_overrides(items: Sequence[str] | None) -> dict[str, object]:
-    """``key=value`` strings -> dict with numbers parsed (for --tracker / --propagation)."""
-    out: dict[str, object] = {}
-    for item in items or []:
-        key, _, value = item.partition("=")
-        if not _:
-            raise ValueError(f"expected key=value, got {item!r}")
-        low = value.lower()
-        if low in ("true", "false"):
-            out[key] = low == "true"
-        else:
-            try:
-                out[key] = int(value)
-            except ValueError:
-                try:
-                    out[key] = float(value)
-                except ValueError:
-                    out[key] = value
-    return out
-
-
-def _config(cls, overrides: Sequence[str] | None, **fixed: object):
+def _config(cls, overrides: Sequence[str] | Mapping[str, object] | None, **fixed: object):
     """``cls(**fixed, **overrides)``; an unknown (or fixed) key is a one-line ValueError.
 
     ``part.key=value`` sets a field of a nested config (e.g. ``dis.preset=fast``).
     """
-    values = _parse_overrides(overrides)
+    if isinstance(overrides, Mapping):
+        values = dict(overrides)
+    else:
+        values = parse_key_values(overrides or [])
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init and f.name not in fixed}
     nested: dict[str, dict[str, object]] = {}
     for key in [k for k in values if "." in k]:
@@ -63,9 +46,7 @@ def _config(cls, overrides: Sequence[str] | None, **fixed: object):
             f"unknown {cls.__name__} key(s) {', '.join(unknown)}; valid: {', '.join(allowed)}"
         )
     for part, sub in nested.items():
-        values[part] = _config(
-            type(fields[part].default_factory()), [f"{k}={v}" for k, v in sub.items()]
-        )
+        values[part] = _config(type(fields[part].default_factory()), sub)
     return cls(**fixed, **values)
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from ..config import RVMConfig, get_config
+from ..config import RVMConfig, get_config, parse_key_values
 from ..data.splits import DEFAULT_HELDOUT
 
 
@@ -140,11 +140,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ValueError(f"{path}: expected a mapping of sections")
         for key, value in _flatten(raw):
             set_value(cfg, key, value)
-    for item in overrides or []:
-        key, sep, text = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"override {item!r} is not key=value (e.g. optim.lr=1e-4)")
-        set_value(cfg, key.strip(), yaml.safe_load(text))
+    for key, value in parse_key_values(overrides or []).items():
+        set_value(cfg, key, value)
     validate(cfg)
     return cfg
 
