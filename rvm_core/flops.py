@@ -37,11 +37,11 @@ def _mobilenetv2_stem(h: int, w: int, d: int, stride: int) -> int:
 
 
 def _fine_head(h: int, w: int, d: int, mlp: int) -> int:
-    """``model/fine.py`` on a 2h x 2w output grid: the skip projection and the MLP."""
+    """``model/fine.py`` from an h x w state to a 2h x 2w grid: projections and the MLP."""
     from .model.stem import SKIP_CHANNELS
 
     n = 4 * h * w
-    return 2 * n * SKIP_CHANNELS * d + _mlp(n, d, mlp)
+    return 2 * h * w * d * d + 2 * n * SKIP_CHANNELS * d + _mlp(n, d, mlp)
 
 
 def step_flops(config: RVMConfig, grid: tuple[int, int] | None = None) -> dict[str, int]:

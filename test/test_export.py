@@ -62,13 +62,13 @@ def _video(n: int, h: int, w: int, seed: int = 0) -> np.ndarray:
 
 def _torch_stream(model, video: np.ndarray, size: tuple[int, int]) -> list[tuple]:
     """PyTorch reference: [(features grid [1,D,h,w], state [1,1+N,D])] per frame."""
-    p = model.config.patch_size
+    h, w = model.feature_grid(size)
     out, state = [], None
     with torch.inference_mode():
         for frame in video:
             x = to_model_input(torch.from_numpy(frame)[None], size)
             feats, state = model.step(x, state)
-            grid = feats[:, 1:].transpose(1, 2).reshape(1, -1, size[0] // p, size[1] // p)
+            grid = feats[:, 1:].transpose(1, 2).reshape(1, -1, h, w)
             out.append((grid.numpy(), state.numpy()))
     return out
 
@@ -105,6 +105,25 @@ def test_parity_fp32_conv_stem(tmp_path: Path) -> None:
     video = _video(FRAMES, 48, 80)
     for (rf, rs), (gf, gs) in zip(_torch_stream(m, video, (64, 64)), _ort_stream(path, video)):
         assert gf.shape == rf.shape == (1, 32, 8, 8)
+        assert np.abs(gf - rf).max() <= FP32_TOL
+        assert np.abs(gs - rs).max() <= FP32_TOL
+
+
+def test_parity_fp32_fine_features(tmp_path: Path) -> None:
+    """Features at half the patch stride (stride-16 state + the stem's stride-8 map) export
+    exactly, with a trained-looking (non-zero) state branch; the grid metadata is the fine one."""
+    overrides = {**SMALL, "stem": "mobilenetv2", "patch_size": 16, "fine_features": True}
+    m = build_model("tiny", seed=0, **overrides).eval()
+    with torch.no_grad():
+        for p in (m.fine.state.weight, m.fine.dense_out.weight):
+            p.normal_(0, 0.05, generator=torch.Generator().manual_seed(1))
+    path = export_onnx(m, tmp_path / "m.onnx", (64, 96)).path
+    assert read_metadata(ort.InferenceSession(str(path))).grid == (8, 12)
+    video = _video(6, 64, 96)
+    ref = _torch_stream(m, video, (64, 96))
+    for (rf, rs), (gf, gs) in zip(ref, _ort_stream(path, video)):
+        assert gf.shape == rf.shape == (1, 32, 8, 12)
+        assert rs.shape == gs.shape == (1, 1 + 4 * 6, 32)
         assert np.abs(gf - rf).max() <= FP32_TOL
         assert np.abs(gs - rs).max() <= FP32_TOL
 
@@ -191,19 +210,25 @@ def test_model_id_tracks_weights(model) -> None:
 
 
 @pytest.mark.parametrize(
-    ("aggregator", "stem"), [("gru", "patch"), ("attention", "patch"), ("gru", "mobilenetv2")]
+    ("aggregator", "stem", "patch"),
+    [("gru", "patch", 8), ("attention", "patch", 8), ("gru", "mobilenetv2", 8), ("gru", "fine", 16)],
 )
-def test_flops_match_flop_counter(aggregator: str, stem: str) -> None:
+def test_flops_match_flop_counter(aggregator: str, stem: str, patch: int) -> None:
     """The analytic count equals torch's FlopCounterMode (math SDPA, so attention is counted)."""
-    m = build_model("tiny", seed=0, **{**SMALL, "aggregator": aggregator, "stem": stem}).eval()
-    x = torch.rand(1, 3, 64, 48)  # a non-square 8x6 grid
+    fine = stem == "fine"
+    overrides = {"aggregator": aggregator, "stem": "mobilenetv2" if fine else stem}
+    overrides.update(patch_size=patch, fine_features=fine)
+    m = build_model("tiny", seed=0, **{**SMALL, **overrides}).eval()
+    x = torch.rand(1, 3, 8 * patch, 6 * patch)  # a non-square 8x6 token grid
     with torch.no_grad():
         _, state = m.step(x)
         with FlopCounterMode(display=False) as counter, sdpa_kernel(SDPBackend.MATH):
             m.step(x, torch.randn_like(state))
     flops = step_flops(m.config, (8, 6))
     assert flops["total"] == counter.get_total_flops()
-    assert flops["total"] == flops["patch_embed"] + flops["encoder"] + flops["core"]
+    parts = ("patch_embed", "encoder", "core", "fine")
+    assert flops["total"] == sum(flops[k] for k in parts)
+    assert (flops["fine"] > 0) == fine
 
 
 def test_cli_export_end_to_end(model, tmp_path: Path, capsys) -> None:

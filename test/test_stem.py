@@ -27,6 +27,9 @@ _LAYOUT = [
     (4, [(0, 144, 24, 1, 1, 1), (3, 144, 1, 3, 2, 144), (6, 32, 144, 1, 1, 1)]),
     (5, [(0, 192, 32, 1, 1, 1), (3, 192, 1, 3, 1, 192), (6, 32, 192, 1, 1, 1)]),
     (6, [(0, 192, 32, 1, 1, 1), (3, 192, 1, 3, 1, 192), (6, 32, 192, 1, 1, 1)]),
+    # features.7-10: the stride-16 stage (64 channels)
+    (7, [(0, 192, 32, 1, 1, 1), (3, 192, 1, 3, 2, 192), (6, 64, 192, 1, 1, 1)]),
+    *((f, [(0, 384, 64, 1, 1, 1), (3, 384, 1, 3, 1, 384), (6, 64, 384, 1, 1, 1)]) for f in (8, 9, 10)),
 ]
 
 
@@ -53,9 +56,9 @@ def _random_torchvision_weights(seed: int = 0) -> dict[str, torch.Tensor]:
     return sd
 
 
-def _reference(sd: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-    """torchvision's eval-mode forward of features.0-6, written with plain conv + batch_norm."""
-    for f, convs in _LAYOUT:
+def _reference(sd: dict[str, torch.Tensor], x: torch.Tensor, last: int = 6) -> torch.Tensor:
+    """torchvision's eval-mode forward of features.0-``last``, with plain conv + batch_norm."""
+    for f, convs in _LAYOUT[: last + 1]:
         inp = x
         for n, (c, _, _, k, stride, groups) in enumerate(convs):
             conv, bn = _names(f, c)
@@ -71,19 +74,23 @@ def _reference(sd: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def test_bn_folded_stem_equals_torchvision_forward() -> None:
+@pytest.mark.parametrize("stride", [8, 16])
+def test_bn_folded_stem_equals_torchvision_forward(stride: int) -> None:
     sd = _random_torchvision_weights()
-    stem = ConvPatchEmbedding(16).eval()
-    stem.load_state_dict(mobilenetv2_stem_state(sd, prefix="stem."), strict=False)
-    x = torch.rand(2, 3, 48, 64)
+    stem = ConvPatchEmbedding(16, stride).eval()
+    state = mobilenetv2_stem_state(sd, prefix="stem.", stride=stride)
+    missing, unexpected = stem.load_state_dict(state, strict=False)
+    assert not unexpected and all(k.startswith("proj.") for k in missing)
+    x = torch.rand(2, 3, 96, 128)
     normed = (x - stem.mean) / stem.std
     with torch.no_grad():
-        ref = _reference(sd, normed)
+        ref = _reference(sd, normed, last=6 if stride == 8 else 10)
         got = stem.stem(normed)
-        tokens = stem(x)
-    assert got.shape == ref.shape == (2, 32, 6, 8)
+        tokens, skip = stem.encode(x)
+    assert got.shape == ref.shape == (2, 32 if stride == 8 else 64, 96 // stride, 128 // stride)
     assert torch.allclose(got, ref, atol=1e-5), (got - ref).abs().max()
-    assert tokens.shape == (2, 48, 16)
+    assert tokens.shape == (2, (96 // stride) * (128 // stride), 16)
+    assert torch.allclose(skip, _reference(sd, normed, last=6), atol=1e-5)
 
 
 def test_read_weights_from_pt_and_wheel_and_refuse_pickled_objects(tmp_path: Path) -> None:
@@ -112,7 +119,11 @@ def test_stem_weights_cli_then_init_from(tmp_path: Path, capsys) -> None:
     pt = tmp_path / "w.pt"
     torch.save(_random_torchvision_weights(), pt)
     out = tmp_path / "stem.safetensors"
-    assert main(["stem-weights", str(pt), "--out", str(out)]) == 0
+    assert main(["stem-weights", str(pt), "--out", str(out)]) == 0  # stride 16 by default
+    assert "60 tensors" in capsys.readouterr().out
+    model = build_model("tiny", seed=0, stem="mobilenetv2", patch_size=16, dec_layers=0)
+    assert init_from(model, out) == 60
+    assert main(["stem-weights", str(pt), "--out", str(out), "--stride", "8"]) == 0
     assert "36 tensors" in capsys.readouterr().out
     model = build_model("tiny", seed=0, stem="mobilenetv2", dec_layers=0)
     assert init_from(model, out) == 36
@@ -128,8 +139,10 @@ def test_stem_weights_cli_then_init_from(tmp_path: Path, capsys) -> None:
 
 
 def test_config_checks_and_flops() -> None:
-    with pytest.raises(ValueError, match="stride 8"):
-        get_config("tiny", stem="mobilenetv2", patch_size=16, image_size=(64, 64))
+    with pytest.raises(ValueError, match="stride 8 or 16"):
+        get_config("tiny", stem="mobilenetv2", patch_size=4, image_size=(64, 64))
+    with pytest.raises(ValueError, match="fine_features needs"):
+        get_config("tiny", stem="mobilenetv2", fine_features=True)
     with pytest.raises(ValueError, match="stem must be one of"):
         get_config("tiny", stem="resnet")
     cfg = get_config("tiny", stem="mobilenetv2", image_size=(96, 128))
