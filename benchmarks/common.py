@@ -71,6 +71,7 @@ def timed_rounds(
     rounds: int,
     frames: int,
     block_seconds: float = 1.0,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> dict[str, list[float]]:
     """Interleaved per-call seconds of each fn: ``rounds`` x (every fn, a block of calls each).
 
@@ -81,9 +82,9 @@ def timed_rounds(
     est: dict[str, float] = {}
     for name, fn in fns.items():  # warm-up: allocator, thread pools, lazy init; cost estimate
         fn()
-        t = time.perf_counter()
+        t = clock()
         fn()
-        est[name] = time.perf_counter() - t
+        est[name] = clock() - t
     times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
@@ -91,9 +92,9 @@ def timed_rounds(
             if est[name] < 0.5:
                 fn()
             for _ in range(n):
-                t = time.perf_counter()
+                t = clock()
                 fn()
-                times[name].append(time.perf_counter() - t)
+                times[name].append(clock() - t)
     return times
 
 

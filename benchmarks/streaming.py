@@ -100,20 +100,25 @@ def stream_model(
 
 
 def side_by_side(
-    aged: Callable[[Any], None], fresh: Callable[[Any], None], frames: Any, n: int
+    aged: Callable[[Any], None],
+    fresh: Callable[[Any], None],
+    frames: Any,
+    n: int,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> tuple[float, float]:
-    """Mean ms of ``aged``'s late window vs ``fresh``'s early window, stepped alternately."""
+    """Mean ms of ``aged``'s late window vs ``fresh``'s early window, stepped alternately
+    (``clock`` in seconds)."""
     (e0, e1), (_, l1) = windows(n)
     offset = l1 - e1  # the aged stream ends at frame n exactly when the fresh one reaches e1
     for i in range(offset):
         aged(frames[i % len(frames)])
     late, early = [], []
     for i in range(e1):
-        t = time.perf_counter()
+        t = clock()
         aged(frames[(offset + i) % len(frames)])
-        t1 = time.perf_counter()
+        t1 = clock()
         fresh(frames[i % len(frames)])
-        t2 = time.perf_counter()
+        t2 = clock()
         if i >= e0:  # fresh frames e0..e1 against aged frames offset+e0..n
             late.append(t1 - t)
             early.append(t2 - t1)

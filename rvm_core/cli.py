@@ -50,8 +50,8 @@ def cmd_stem_weights(args: argparse.Namespace) -> int:
 
     state = mobilenetv2_stem_state(read_mobilenetv2(args.weights), stride=args.stride)
     save_file({k: v.contiguous() for k, v in state.items()}, args.out)
-    blocks = "0-6" if args.stride == 8 else "0-10"
-    print(f"wrote {args.out}: {len(state)} tensors (ImageNet MobileNetV2 blocks {blocks}, BN folded)")
+    blocks = "blocks 0-6" if args.stride == 8 else "blocks 0-10"
+    print(f"wrote {args.out}: {len(state)} tensors (ImageNet MobileNetV2 {blocks}, BN folded)")
     return 0
 
 

@@ -5,7 +5,6 @@ plots)."""
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 import pytest
@@ -88,21 +87,36 @@ def test_all_quick_writes_report(tmp_path: Path) -> None:
         assert f"({png})" in report and (tmp_path / png).is_file()
 
 
+class VirtualClock:
+    """A clock that moves only when a step says how long it took (seconds): exact timings."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def spend(self, seconds: float) -> None:
+        self.now += seconds
+
+
 def test_side_by_side_compares_an_aged_stream_with_a_fresh_one() -> None:
-    """A step whose cost doubles after 100 frames shows up as ~2x; ages are lined up exactly."""
+    """A step whose cost doubles after 100 frames shows up as 2x; ages are lined up exactly."""
     from benchmarks.streaming import side_by_side
+
+    clock = VirtualClock()
 
     def stepper(seen: list[int]):
         def step(frame: int) -> None:
             seen.append(frame)
-            time.sleep(0.002 if len(seen) > 100 else 0.001)
+            clock.spend(0.002 if len(seen) > 100 else 0.001)
 
         return step
 
     aged, fresh = [], []
-    late_ms, early_ms = side_by_side(stepper(aged), stepper(fresh), list(range(200)), 200)
+    late_ms, early_ms = side_by_side(stepper(aged), stepper(fresh), list(range(200)), 200, clock)
     assert len(aged) == 200 and aged[-1] == 199 and fresh == list(range(100))
-    assert 1.5 < late_ms / early_ms < 2.6
+    assert late_ms == pytest.approx(2.0) and early_ms == pytest.approx(1.0)
 
 
 def test_tracker_suite_quick() -> None:
@@ -122,25 +136,27 @@ def test_paired_round_ratio_cancels_load_between_rounds() -> None:
     from benchmarks.common import paired_ratios, round_medians, timed_rounds
 
     state = {"load": 1.0, "last": ""}
+    clock = VirtualClock()
 
     def slow() -> None:  # first in every round
         if state["last"] == "fast":
             state["load"] *= 2.0
         state["last"] = "slow"
-        time.sleep(0.008 * state["load"])
+        clock.spend(0.008 * state["load"])
 
     def fast() -> None:
         state["last"] = "fast"
-        time.sleep(0.004 * state["load"])
+        clock.spend(0.004 * state["load"])
 
     rounds = 4
-    times = timed_rounds({"slow": slow, "fast": fast}, rounds, frames=3, block_seconds=0.05)
+    fns = {"slow": slow, "fast": fast}
+    times = timed_rounds(fns, rounds, frames=3, block_seconds=0.05, clock=clock)
     assert round_medians([1, 2, 3, 10, 20, 30], 2) == [2, 20]
     with pytest.raises(ValueError, match="equal rounds"):
         round_medians([1, 2, 3], 2)
     slow_r, fast_r = round_medians(times["slow"], rounds), round_medians(times["fast"], rounds)
     assert len(slow_r) == len(fast_r) == rounds and slow_r[-1] > 4 * slow_r[0]
-    assert all(1.5 < s / f < 2.5 for s, f in zip(slow_r, fast_r))
+    assert all(s / f == pytest.approx(2.0) for s, f in zip(slow_r, fast_r))
     assert paired_ratios(times["slow"], times["fast"], rounds) == [
         s / f for s, f in zip(slow_r, fast_r)
     ]

@@ -211,7 +211,12 @@ def test_model_id_tracks_weights(model) -> None:
 
 @pytest.mark.parametrize(
     ("aggregator", "stem", "patch"),
-    [("gru", "patch", 8), ("attention", "patch", 8), ("gru", "mobilenetv2", 8), ("gru", "fine", 16)],
+    [
+        ("gru", "patch", 8),
+        ("attention", "patch", 8),
+        ("gru", "mobilenetv2", 8),
+        ("gru", "fine", 16),
+    ],
 )
 def test_flops_match_flop_counter(aggregator: str, stem: str, patch: int) -> None:
     """The analytic count equals torch's FlopCounterMode (math SDPA, so attention is counted)."""

