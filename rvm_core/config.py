@@ -87,9 +87,8 @@ class RVMConfig:
 
         The training loss only reads the state after ``num_source`` frames from the zero state,
         so states of fewer steps are never trained; stepping the first frame ``num_source``
-        times gives a state like those training saw. Measured with the shipped model,
-        `rvm eval synthetic --warmup 0` vs the default: J&F 0.292 -> 0.361, AJ 0.103 -> 0.114
-        (docs/MODEL_CARD.md). Costs num_source - 1 extra steps once per stream.
+        times gives a state like those training saw (`rvm eval synthetic --warmup 0` measures
+        the difference; docs/MODEL_CARD.md). Costs num_source - 1 extra steps once per stream.
         """
         return self.num_source - 1
 

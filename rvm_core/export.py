@@ -26,8 +26,8 @@ if TYPE_CHECKING:  # torch is imported lazily: `rvm` (whose parser imports this)
     from .model import RVM
 
 # Opset 20: LayerNormalization (17) and Gelu (20) are single ops, so the tanh GELU is one kernel
-# instead of ~9 memory-bound elementwise ops (measured with a one-off script, the two exports
-# interleaved: ORT step for S at 256x256 13% faster than at opset 18). Opsets up to 22 are
+# instead of ~9 memory-bound elementwise ops (a faster ORT step than opset 18's: `python -m
+# benchmarks runtime` with `rvm export-onnx --opset 18` measures it). Opsets up to 22 are
 # accepted. Opset 23 adds the `Attention` op; ONNX Runtime 1.31 has CPU and CUDA kernels for
 # it (onnxruntime/core/providers/cuda/llm/attention.h), but this exporter and the TensorRT
 # path were never tested with it here, so it is refused rather than written untested.

@@ -1,6 +1,6 @@
 """One camera stream of the node, without ROS: newest-frame slot, decode, model step, tracks.
 
-``CameraPipeline`` is what the node (``rvm_ros.node``) and ``rvm bag-eval`` both run, so a bag
+``CameraPipeline`` is what the node (``rvm_ros.node``) and ``rvm-ros bag-eval`` both run, so a bag
 replay goes through exactly the node's processing. Thread model: ``submit`` is called from the
 ROS executor thread and only stores the message (decoding happens in ``process``, on the worker
 thread, so the executor never blocks on a large image); ``take``/``process`` run on the worker.

@@ -4,7 +4,7 @@ Each entry gives a parameter's ROS name, default (which fixes its ROS type), des
 or choices, and whether it is read only at start. From the table the node declares its
 parameters (with ``ParameterDescriptor`` ranges and choices) and checks every value it is
 given, :class:`rvm_ros.camera.PipelineConfig` takes its defaults, ``rvm_ros.launch_args`` makes
-the launch arguments that set node parameters, parameter files are read (``rvm bag-eval``), and
+the launch arguments that set node parameters, parameter files are read (``rvm-ros bag-eval``), and
 a test holds ``config/rvm.yaml`` to the same keys and defaults.
 
 Startup-only parameters are read once when the node is constructed (the diagnostics timer runs

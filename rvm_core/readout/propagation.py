@@ -36,9 +36,7 @@ class PropagationConfig:
     use_first: bool = True
     # Subtract each frame's mean feature before normalising (not in the paper's protocol: set
     # False to reproduce it). Weakly trained recurrent states share a large common component
-    # that makes every cosine ~1; measured with a one-off script on the synthetic
-    # benchmark and an early default-model checkpoint: J&F 0.18 -> 0.46 (vtest),
-    # 0.001 -> 0.16 (cockatoo).
+    # that makes every cosine ~1, so the nearest neighbours carry no information.
     center: bool = True
     label_downsample: str = "bilinear"  # or "area" / "nearest"
     upsample: str = "bilinear"  # or "nearest", or "guided" (needs the camera frame as guide)
