@@ -38,7 +38,7 @@ DEV_EXTRA = [
     "pytest~=9.2",
     "ruff==0.17.6",  # exact: formatting output changes between ruff releases
     "rosbags~=0.11.9",
-    "transformers==5.23.0",  # exact: peer models (VideoMAE, V-JEPA 2, DINOv2) of `python -m benchmarks peers`
+    "transformers==5.23.0",  # exact: peer models (VideoMAE, V-JEPA 2, DINOv2) of the peers bench
     *TORCH_EXTRA,
 ]
 

@@ -58,6 +58,7 @@ class PipelineConfig:
     tracks_lost_frames: int = default("tracks.lost_frames")
     tracks_method: str = default("tracks.method")
     masks_context: int = default("masks.context")
+    masks_method: str = default("masks.method")
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> PipelineConfig:
@@ -159,7 +160,7 @@ class CameraPipeline:
         self._last_stamp: float | None = None
         self._last_hw: tuple[int, int] | None = None
         self._reset_requested: str | None = None
-        self.masks = MaskTracker(self.config.masks_context)
+        self.masks = MaskTracker(self.config.masks_context, self.config.masks_method)
         self.mask_failures = 0  # seeds that did not fit their frame, propagation errors
 
     @property
@@ -343,7 +344,7 @@ class CameraPipeline:
         """Step the mask on a processed frame -> label ids uint8 [H,W] (None: no mask, not
         wanted, or a failure, which is warned and counted)."""
         try:
-            return self.masks.update(result.features, result.image_hw, want_image)
+            return self.masks.update(result.features, result.image, want_image)
         except Exception as exc:  # a bad seed must not stop the camera
             self.masks.clear(keep_pending=True)
             self.mask_failures += 1

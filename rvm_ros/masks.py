@@ -1,6 +1,10 @@
-"""Mask tracking for one camera: a seed label image propagated frame to frame on the features.
+"""Mask tracking for one camera: a seed label image propagated frame to frame.
 
-The readout is :class:`rvm_core.readout.LabelPropagator` (numpy + OpenCV). A seed (label image,
+Two readouts (numpy + OpenCV), chosen by ``masks.method``: ``dis`` warps the soft labels along
+DIS optical flow (:class:`rvm_core.readout.FlowMaskPropagator`, the best measured on the
+synthetic benchmark, README "Readouts"); ``features`` propagates them by feature nearest
+neighbours (:class:`rvm_core.readout.LabelPropagator`) and leaves the feature grid by a guided
+filter with the camera frame as guide. A seed (label image,
 and/or points and boxes rasterised into one) is queued by a service call and started on the next
 processed frame; every later frame steps the propagation. Label ids are kept as given (0 =
 background, 1..255 objects): they are compacted for the propagator and mapped back on output,
@@ -25,6 +29,7 @@ LABEL_ENCODINGS: dict[str, str] = {
     "32SC1": "i4",
 }
 MAX_LABEL = 255  # the mask topic is mono8
+MASK_METHODS = ("dis", "features")
 
 
 def decode_labels(msg: Any, max_pixels: int) -> np.ndarray:
@@ -103,13 +108,16 @@ class MaskTracker:
     """One camera's propagated mask, used by one thread at a time (the camera's worker, to which
     ``CameraPipeline`` hands service calls); ``update`` runs with each processed frame."""
 
-    def __init__(self, context: int = 7) -> None:
-        from rvm_core.readout import LabelPropagator, PropagationConfig
+    def __init__(self, context: int = 7, method: str = "dis") -> None:
+        from rvm_core.readout import FlowMaskPropagator, LabelPropagator, PropagationConfig
 
-        # The readout's other settings are its defaults; only the context length is the node's
-        # (cost grows with it: ~21 ms per 640x360 frame with 20 frames, the DAVIS protocol's).
-        self._config = PropagationConfig(context=context)
-        self._make = LabelPropagator
+        if method not in MASK_METHODS:
+            raise ValueError(f"masks.method must be one of {MASK_METHODS}, got {method!r}")
+        self.method = method
+        # The feature readout's other settings are its defaults; the context length is the
+        # node's (cost grows with it, like the DAVIS protocol's 20 frames).
+        config = PropagationConfig(context=context, upsample="guided")
+        self._make = FlowMaskPropagator if method == "dis" else lambda: LabelPropagator(config)
         self._pending: _Seed | None = None
         self._prop: Any = None
         self._ids = np.zeros(1, np.uint8)  # compact index -> label id
@@ -132,12 +140,17 @@ class MaskTracker:
         self.num_labels = 0
 
     def update(
-        self, features: np.ndarray, image_hw: tuple[int, int], want_image: bool = True
+        self, features: np.ndarray, image: np.ndarray, want_image: bool = True
     ) -> np.ndarray | None:
-        """Features [C,h,w] of a processed frame -> label ids uint8 [H,W] (None: no mask, or
-        ``want_image`` False). Raises ValueError when a seed does not fit the frame (dropped)."""
+        """Features [C,h,w] and camera frame RGB uint8 [H,W,3] of a processed frame -> label ids
+        uint8 [H,W] (None: no mask, or ``want_image`` False). Raises ValueError when a seed does
+        not fit the frame (dropped)."""
         seed, self._pending = self._pending, None
-        fmap = np.moveaxis(np.asarray(features, np.float32), 0, -1)  # [h,w,C]
+        image_hw = image.shape[:2]
+        # the flow readout reads frames only; the feature one, features [h,w,C] (the frame guides)
+        source = image
+        if self.method == "features":
+            source = np.moveaxis(np.asarray(features, np.float32), 0, -1)
         if seed is not None:
             labels = seed.labels
             if labels is None:
@@ -154,15 +167,17 @@ class MaskTracker:
                 ids = np.concatenate([[0], ids])
                 compact = compact + 1
             compact = compact.reshape(labels.shape)
-            prop = self._make(self._config)
-            prop.start(fmap, compact, len(ids))
+            prop = self._make()
+            prop.start(source, compact, len(ids))
             self._prop, self._ids = prop, ids.astype(np.uint8)
             self.num_labels = len(ids) - 1
             return labels.astype(np.uint8) if want_image else None
         prop = self._prop
         if prop is None:
             return None
-        soft = prop.step_soft(fmap)  # every frame: the propagation's context needs it
+        soft = prop.step_soft(source)  # every frame: the propagation's state needs it
         if not want_image:
             return None
-        return self._ids[prop.upsample(soft).argmax(-1)]
+        if self.method == "features":
+            soft = prop.upsample(soft, image)
+        return self._ids[soft.argmax(-1)]

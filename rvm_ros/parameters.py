@@ -25,6 +25,7 @@ from typing import Any
 
 from rvm_core.readout.tracker import METHODS, TrackerConfig
 from rvm_ros.image_codec import DEFAULT_MAX_PIXELS
+from rvm_ros.masks import MASK_METHODS
 
 NODE_NAME = "rvm_node"
 
@@ -215,6 +216,14 @@ TABLE: tuple[NodeParameter, ...] = (
         7,
         "previous frames the mask propagation attends to, besides the seed frame",
         (1, 100),
+        pipeline=True,
+    ),
+    _P(
+        "masks.method",
+        "dis",
+        "mask readout: dis (DIS optical-flow warp, best measured) or features (feature "
+        "nearest neighbours, guided upsampling)",
+        choices=MASK_METHODS,
         pipeline=True,
     ),
     _P(

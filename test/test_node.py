@@ -756,8 +756,10 @@ class _MaskRig(NamedTuple):
     srv: object
 
 
-def _mask_rig(rvm_node, make_node, spin_until, model: Path, topic: str) -> _MaskRig:
-    node = rvm_node(model, [topic], tracks__grid=[2, 2])
+def _mask_rig(
+    rvm_node, make_node, spin_until, model: Path, topic: str, method: str = "dis"
+) -> _MaskRig:
+    node = rvm_node(model, [topic], tracks__grid=[2, 2], masks__method=method)
     client = make_node("rvm_test_client")
     outs = Outputs(client, topic)
     masks: list = []
@@ -770,11 +772,15 @@ def _mask_rig(rvm_node, make_node, spin_until, model: Path, topic: str) -> _Mask
     return _MaskRig(node, client, outs, masks, pub, srv)
 
 
-def test_mask_service_publishes_masks_with_input_header(rvm_node, make_node, spin_until, model64):
+@pytest.mark.parametrize("method", ["dis", "features"])
+def test_mask_service_publishes_masks_with_input_header(
+    rvm_node, make_node, spin_until, model64, method
+):
     node, client, outs, masks, pub, srv = _mask_rig(
-        rvm_node, make_node, spin_until, model64, "/mk/image"
+        rvm_node, make_node, spin_until, model64, f"/mk_{method}/image", method
     )
     cam = node.cameras[0]
+    assert cam.pipeline.masks.method == method
 
     def call(request):
         fut = srv.call_async(request)
@@ -792,7 +798,7 @@ def test_mask_service_publishes_masks_with_input_header(rvm_node, make_node, spi
     res = call(SetMask.Request(labels=_labels_msg(labels, "16UC1")))
     assert res.success and res.num_labels == 2, res.message
     for i in range(1, 6):
-        msg = _image(frames[i], t0 + i * 50_000_000, frame_id="mk_optical")
+        msg = _image(frames[i], t0 + i * 50_000_000, frame_id=f"mk_{method}_optical")
         _send(spin_until, pub, msg, outs)
         assert spin_until(lambda i=i: len(masks) == i, timeout_sec=10.0)
         m = masks[-1]
@@ -822,7 +828,7 @@ def test_mask_service_publishes_masks_with_input_header(rvm_node, make_node, spi
     ids = np.frombuffer(bytes(masks[-1].data), np.uint8).reshape(64, 64)
     assert (ids[2:21, 2:21] == 1).all() and ids[50, 50] == 2 and ids[35, 5] == 0
     # A reset clears it: no more masks.
-    trig = client.create_client(Trigger, "/mk/image/rvm/reset")
+    trig = client.create_client(Trigger, f"/mk_{method}/image/rvm/reset")
     assert spin_until(trig.service_is_ready, timeout_sec=10.0)
     fut = trig.call_async(Trigger.Request())
     assert spin_until(fut.done, timeout_sec=10.0)

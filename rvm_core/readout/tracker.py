@@ -38,7 +38,7 @@ IMAGE_ONLY = ("lk", "dis")  # methods that need no features
 class TrackerConfig:
     """Point tracker settings; distances in feature-grid cells unless stated otherwise."""
 
-    method: str = "rvm"  # also the node's tracks.method default (rvm_ros.parameters)
+    method: str = "dis"  # the best measured (README "Readouts"); the node's tracks.method too
     search_radius: int = 4  # local window half-size for visible tracks
     center: bool = True  # subtract the frame's mean feature: removes what all cells share
     vis_threshold: float = 0.2  # minimum cosine for a visible match
