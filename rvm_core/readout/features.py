@@ -41,10 +41,15 @@ def resample_grid(features: np.ndarray, grid_hw: tuple[int, int]) -> np.ndarray:
     return y[0].permute(1, 2, 0).contiguous().numpy()
 
 
-def _check_grid(grid_hw: tuple[int, int], frame_hw: tuple[int, int], what: str) -> None:
-    h, w = grid_hw
-    if h < 2 or w < 2:
+def _check_grid(grid_hw: tuple[int, int], what: str) -> tuple[int, int]:
+    h, w = (int(v) for v in grid_hw)
+    if h < 2 or w < 2:  # the readouts interpolate between cells
         raise ValueError(f"{what} grid must be at least 2x2, got {h}x{w}")
+    return h, w
+
+
+def _check_fits(grid_hw: tuple[int, int], frame_hw: tuple[int, int], what: str) -> None:
+    h, w = grid_hw
     if h > frame_hw[0] or w > frame_hw[1]:
         raise ValueError(
             f"{what} grid {h}x{w} is finer than the {frame_hw[1]}x{frame_hw[0]} frame's pixels"
@@ -55,7 +60,7 @@ class PixelFeatures:
     """Raw-pixel-patch baseline: each grid cell is its patch downsampled to cell x cell RGB."""
 
     def __init__(self, grid_hw: tuple[int, int] = (16, 16), cell: int = 8) -> None:
-        self.grid_hw = tuple(grid_hw)
+        self.grid_hw = _check_grid(grid_hw, "pixels")
         self.cell = cell
 
     def reset(self) -> None:
@@ -81,7 +86,7 @@ class SiftFeatures:
     def __init__(self, grid_hw: tuple[int, int], scale: float = 1.0) -> None:
         if not hasattr(cv2, "SIFT_create"):
             raise ValueError(f"OpenCV {cv2.__version__} has no SIFT (needs OpenCV >= 4.4)")
-        self.grid_hw = tuple(grid_hw)
+        self.grid_hw = _check_grid(grid_hw, "sift")
         self.scale = float(scale)
         self._sift = cv2.SIFT_create()
         self._keypoints: dict[tuple[int, int], list] = {}
@@ -92,7 +97,7 @@ class SiftFeatures:
     def keypoints(self, frame_hw: tuple[int, int]) -> list:
         """The cell-centre keypoints for a frame size (cached per size)."""
         if frame_hw not in self._keypoints:
-            _check_grid(self.grid_hw, frame_hw, "sift")
+            _check_fits(self.grid_hw, frame_hw, "sift")
             (h, w), (fh, fw) = self.grid_hw, frame_hw
             size = self.scale * 0.5 * (fh / h + fw / w)
             ys = (np.arange(h) + 0.5) * fh / h - 0.5
@@ -192,7 +197,7 @@ class TokenizerFeatures:
         if self.size[0] % stride or self.size[1] % stride:
             raise ValueError(f"size {self.size} is not a multiple of the tokenizer stride {stride}")
         self.token_grid = (self.size[0] // stride, self.size[1] // stride)
-        self.grid_hw = tuple(grid_hw or feature_grid(model, self.size))
+        self.grid_hw = _check_grid(grid_hw or feature_grid(model, self.size), "tokenizer")
         self.device = device
 
     def reset(self) -> None:
