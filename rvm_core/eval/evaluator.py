@@ -63,8 +63,21 @@ class _Scores:
         """Record one video's value of a metric."""
         self.rows.setdefault(key, {}).setdefault(metric, []).append(value)
 
-    def tracks(self, key: Key, q, gt, gto, tr, occ, hw, prefix: str = "") -> None:
-        """TAP-Vid metrics of one video's tracks (and per range, unless queried afresh)."""
+    def tracks(
+        self,
+        key: Key,
+        q: np.ndarray,
+        gt: np.ndarray,
+        gto: np.ndarray,
+        tr: np.ndarray,
+        occ: np.ndarray,
+        hw: tuple[int, int],
+        prefix: str = "",
+    ) -> None:
+        """TAP-Vid metrics of one video's tracks (and per range, unless queried afresh).
+
+        q queries [N,3] (t, x, y); gt / tr tracks [N,T,2]; gto / occ occlusion [N,T].
+        """
         m = track_scores(q, gt, gto, tr, occ, hw)
         for name in TRACK_METRICS:
             self.add(key, prefix + name, m[name])
@@ -78,7 +91,9 @@ class _Scores:
         self.add(key, f"AJ[{a}:{b}]", m["average_jaccard"])
         self.add(key, f"delta[{a}:{b}]", m["average_pts_within_thresh"])
 
-    def groups(self, key: Key, seq: SyntheticSequence, tr, occ, hw) -> None:
+    def groups(
+        self, key: Key, seq: SyntheticSequence, tr: np.ndarray, occ: np.ndarray, hw: tuple
+    ) -> None:
         """v2: AJ of the tracks on the background, objects, occluders, and re-appearing ones."""
         from .layered import track_groups
 
@@ -89,7 +104,9 @@ class _Scores:
                 g = (seq.query_points[sel], seq.tracks[sel], seq.occluded[sel], tr[sel], occ[sel])
                 self.add(key, f"AJ_{group}", track_scores(*g, hw)["average_jaccard"])
 
-    def fresh_queries(self, key: Key, track: Callable, seq: SyntheticSequence, hw) -> None:
+    def fresh_queries(
+        self, key: Key, track: Callable, seq: SyntheticSequence, hw: tuple[int, int]
+    ) -> None:
         """New queries at each range's first frame, each scored on its range."""
         gt, gto = seq.tracks, seq.occluded
         q, src, which = range_queries(gt, gto, self.config.ranges)
