@@ -117,10 +117,10 @@ def test_a_source_that_cannot_work_fails_in_one_line(small_ckpt, tmp_path, capsy
 
 def test_eval_synthetic_features_option(small_ckpt, tmp_path) -> None:
     out = tmp_path / "r.json"
-    args = ["eval", "synthetic", "--checkpoint", str(small_ckpt), "--frames", "4"]
+    args = ["eval", "synthetic", "--checkpoint", str(small_ckpt), "--frames", "3"]
     args += ["--image-size", "96x128", "--sequences", "1", "--root", str(tmp_path / "none")]
-    args += ["--methods", "rvm,lk", "--upsample", "bilinear", "--json", str(out)]
-    assert main(args + ["--features", ",".join(FEATURE_SOURCES)]) == 0
+    args += ["--upsample", "bilinear", "--json", str(out)]
+    assert main(args + ["--methods", "rvm,lk", "--features", ",".join(FEATURE_SOURCES)]) == 0
     res = json.loads(out.read_text())
     rows = {(r["method"], r["features"]): r for r in res["rows"]}
     labels = ("trained", "tokenizer", "random", "sift", "pixels")
@@ -131,7 +131,8 @@ def test_eval_synthetic_features_option(small_ckpt, tmp_path) -> None:
         assert 0 <= rows[("rvm", s)]["JF_mean"] <= 1
         assert res["features"][s]["grid"] == [16, 16]  # the model's grid at its 128x128 input
     # --size moves the model's grid and the others with it; --grid moves only the others.
-    assert main(args + ["--features", "model,sift", "--size", "48x64", "--no-stereo"]) == 0
+    args += ["--methods", "rvm", "--no-stereo", "--no-propagation"]
+    assert main(args + ["--features", "model,sift", "--size", "48x64"]) == 0
     about = json.loads(out.read_text())["features"]
     assert about["trained"]["grid"] == about["sift"]["grid"] == [6, 8]
     assert main(args + ["--features", "model,pixels,tokenizer", "--grid", "6x8"]) == 0
