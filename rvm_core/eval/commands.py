@@ -92,13 +92,13 @@ def _parse_grid(text: str | None) -> tuple[int, int] | None:
 def _feature_fn(args: argparse.Namespace, size: tuple[int, int] | None = None) -> FeatureFn:
     """The one feature source selected by --features/--checkpoint (track, propagate, tapvid,
     davis); ``size`` is the model input when --size is not given (default: the model's)."""
-    if args.features == "pixels" and not getattr(args, "grid", None):
+    if args.features == "pixels" and not args.grid:
         return PixelFeatures(_pixel_grid(args))  # the earlier protocol's 16x16, no model needed
     factories, _ = feature_sources(
         [args.features],
         [args.checkpoint],
         size=_parse_grid(args.size) or size,
-        grid=_parse_grid(getattr(args, "grid", None)),
+        grid=_parse_grid(args.grid),
         pixel_grid=_parse_grid(args.pixel_grid),
         device=args.device,
         warmup=args.warmup,
