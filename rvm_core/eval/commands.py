@@ -21,6 +21,7 @@ from .evaluator import SyntheticEvalConfig, evaluate_synthetic, synthetic_column
 from .sources import FEATURE_SOURCES, feature_sources, load_checkpoint, parse_sources
 
 FeatureFn = Callable[[np.ndarray], np.ndarray]
+_load = load_checkpoint  # the name the readout benchmark imports
 
 
 # -- shared helpers ----------------------------------------------------------------------------
