@@ -15,11 +15,14 @@ import numpy as np
 
 from ..config import parse_key_values
 from ..readout.dis import DISConfig, propagate_flow
-from ..readout.features import ModelFeatures, PixelFeatures
+from ..readout.features import PixelFeatures
 from ..readout.propagation import PropagationConfig, propagate_labels
 from ..readout.tracker import IMAGE_ONLY, METHODS, TrackerConfig, track_video
+from .evaluator import SyntheticEvalConfig, evaluate_synthetic, synthetic_columns
+from .sources import FEATURE_SOURCES, feature_sources, load_checkpoint, parse_sources
 
 FeatureFn = Callable[[np.ndarray], np.ndarray]
+_load = load_checkpoint  # the name the readout benchmark imports
 
 
 # -- shared helpers ----------------------------------------------------------------------------
@@ -62,35 +65,27 @@ def _dis_config(overrides: Sequence[str] | None) -> DISConfig:
     return _config(DISConfig, overrides)
 
 
-def _load(checkpoint: str, device: str = "cpu"):
-    """A model from a checkpoint path, or random weights from a config name ("tiny", "S"...)."""
-    from ..checkpoint import build_model, load_model
-    from ..config import CONFIGS
-
-    if checkpoint in CONFIGS:
-        return build_model(checkpoint, seed=0).to(device).eval()
-    return load_model(checkpoint, device=device)
-
-
-def _random_like(model, seed: int = 0):
-    """Same architecture as ``model`` with fresh random weights (the untrained baseline)."""
-    from ..checkpoint import build_model
-
-    return build_model(model.config, seed=seed).eval()
-
-
-def _model_size(size: str | None) -> tuple[int, int] | None:
+def _parse_grid(text: str | None) -> tuple[int, int] | None:
     from ..preprocess import parse_size
 
-    return parse_size(size) if size else None
+    return parse_size(text) if text else None
 
 
-def _feature_fn(args: argparse.Namespace) -> FeatureFn | None:
-    """The feature source selected by --features/--checkpoint for track/propagate."""
-    if args.features == "pixels":
-        return PixelFeatures(_pixel_grid(args))
-    model = _load(args.checkpoint, args.device)
-    return ModelFeatures(model, size=_model_size(args.size), device=args.device, warmup=args.warmup)
+def _feature_fn(args: argparse.Namespace, size: tuple[int, int] | None = None) -> FeatureFn:
+    """The one feature source selected by --features/--checkpoint (track, propagate, tapvid,
+    davis); ``size`` is the model input when --size is not given (default: the model's)."""
+    if args.features == "pixels" and not args.grid:
+        return PixelFeatures(_pixel_grid(args))  # the earlier protocol's 16x16, no model needed
+    factories, _ = feature_sources(
+        [args.features],
+        [args.checkpoint],
+        size=_parse_grid(args.size) or size,
+        grid=_parse_grid(args.grid),
+        pixel_grid=_parse_grid(args.pixel_grid),
+        device=args.device,
+        warmup=args.warmup,
+    )
+    return next(iter(factories.values()))()
 
 
 def _warmup_arg(p: argparse.ArgumentParser) -> None:
@@ -104,16 +99,27 @@ def _warmup_arg(p: argparse.ArgumentParser) -> None:
 
 
 def _pixel_grid(args: argparse.Namespace) -> tuple[int, int]:
-    from ..preprocess import parse_size
+    return _parse_grid(args.pixel_grid) or (16, 16)
 
-    return parse_size(args.pixel_grid) if args.pixel_grid else (16, 16)
+
+def _features_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--features",
+        choices=FEATURE_SOURCES,
+        default="model",
+        help="model: the checkpoint; tokenizer: its tokenizer alone; random: its architecture "
+        "with random weights; sift: dense OpenCV SIFT; pixels: raw pixel patches",
+    )
+    p.add_argument(
+        "--grid", default=None, help="grid HxW of tokenizer/sift/pixels (default: the model's)"
+    )
 
 
 def _common_feature_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--checkpoint", default="default", help="checkpoint (default: shipped), config = random"
     )
-    p.add_argument("--features", choices=("model", "pixels"), default="model")
+    _features_arg(p)
     p.add_argument("--pixel-grid", default=None, help="grid HxW of --features pixels (16x16)")
     p.add_argument("--size", default=None, help="model input HxW (default: the model's)")
     p.add_argument("--device", default="cpu")
@@ -240,6 +246,19 @@ def eval_args(p: argparse.ArgumentParser) -> None:
         action="append",
         help="trained checkpoint (or config = random); repeat to compare several (rows by run)",
     )
+    s.add_argument(
+        "--features",
+        default=None,
+        help="feature sources scored by the readouts, comma-separated from "
+        f"{','.join(FEATURE_SOURCES)} (all on the model's feature grid unless --grid); default: "
+        "the checkpoint(s), plus pixels on a 16x16 grid when --methods names pixels",
+    )
+    s.add_argument(
+        "--grid",
+        default=None,
+        help="grid HxW of the tokenizer, sift and pixels sources (default: the model's feature "
+        "grid at --size)",
+    )
     s.add_argument("--random-baseline", action="store_true", help="also random weights")
     s.add_argument(
         "--suite",
@@ -251,7 +270,8 @@ def eval_args(p: argparse.ArgumentParser) -> None:
     s.add_argument(
         "--methods",
         default="rvm,hybrid,lk,dis,pixels",
-        help="readouts and baselines, from rvm,hybrid,lk,dis,pixels (dis: flow tracks + masks)",
+        help="readouts and baselines, from rvm,hybrid,lk,dis,pixels (dis: flow tracks + masks; "
+        "pixels: the pixels source when --features is not given)",
     )
     s.add_argument(
         "--upsample",
@@ -284,7 +304,7 @@ def eval_args(p: argparse.ArgumentParser) -> None:
     t.add_argument("data", help="TAP-Vid .pkl / .npz file or a folder of them")
     t.add_argument("--checkpoint", default="default", help="default: the shipped model")
     t.add_argument("--method", choices=METHODS, default="hybrid")
-    t.add_argument("--features", choices=("model", "pixels"), default="model")
+    _features_arg(t)
     t.add_argument("--query-mode", choices=("first", "strided"), default="first")
     t.add_argument("--resize", default="256x256", help="frames HxW the tracker sees")
     t.add_argument("--trust-pickle", action="store_true", help="allow unpickling (trusted only)")
@@ -294,7 +314,7 @@ def eval_args(p: argparse.ArgumentParser) -> None:
     d = sub.add_parser("davis", help="DAVIS-2017 semi-supervised label propagation (J&F)")
     d.add_argument("data", help="DAVIS-2017 root (JPEGImages/480p, Annotations/480p, ImageSets)")
     d.add_argument("--checkpoint", default="default", help="default: the shipped model")
-    d.add_argument("--features", choices=("model", "pixels"), default="model")
+    _features_arg(d)
     d.add_argument("--split", default="val")
     d.add_argument("--max-sequences", type=int, default=None)
     d.add_argument("--json", default=None)
@@ -327,239 +347,7 @@ def _fmt(v: float | None) -> str:
 
 
 # .. synthetic ...................................................................................
-def _checkpoint_label(path: str, taken: dict) -> str:
-    """Row label of one of several checkpoints: its run directory (or file) name, unique."""
-    p = Path(path)
-    label = p.parent.name if p.name == "model.safetensors" else p.stem
-    return label if label not in taken else f"{label}#{len(taken)}"
-
-
-def _synthetic_sources(args: argparse.Namespace, methods: set[str]) -> dict[str, Callable]:
-    """Feature source factories by label: trained (or one per checkpoint) / random / pixels."""
-    from ..config import CONFIGS
-
-    sources: dict[str, Callable[[], FeatureFn]] = {}
-    size = _model_size(args.size)
-    ckpts = list(args.checkpoint or [])
-    if not ckpts:
-        from ..checkpoint import DEFAULT_CHECKPOINT
-
-        if DEFAULT_CHECKPOINT.is_file():  # the shipped default model
-            ckpts = [str(DEFAULT_CHECKPOINT)]
-        else:
-            print("no --checkpoint and no default model: random 'tiny' weights only")
-            ckpts = ["tiny"]
-    models = {}
-    base = None  # the architecture of the random baseline: the first model loaded
-    for ckpt in ckpts:
-        model = _load(ckpt, args.device)
-        base = base or model
-        if ckpt in CONFIGS:  # a config name: random weights only
-            continue
-        label = "trained" if len(ckpts) == 1 else _checkpoint_label(ckpt, models)
-        models[label] = model
-        sources[label] = lambda m=model: ModelFeatures(
-            m, size=size, device=args.device, warmup=args.warmup
-        )
-    if args.random_baseline or not models:
-        rnd = _random_like(base, seed=args.seed)
-        sources["random"] = lambda: ModelFeatures(
-            rnd, size=size, device=args.device, warmup=args.warmup
-        )
-    if "pixels" in methods:
-        grid = _pixel_grid(args)
-        sources["pixels"] = lambda: PixelFeatures(grid)
-    return sources
-
-
-def _stereo_case() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Middlebury motorcycle (scikit-image) as a 2-frame video with GT x_r = x_l - d."""
-    from skimage import data
-
-    left, right, disp = data.stereo_motorcycle()
-    h, w = left.shape[:2]
-    ys, xs = np.meshgrid(np.linspace(20, h - 21, 10), np.linspace(20, w - 21, 12), indexing="ij")
-    pts = np.stack([xs.ravel(), ys.ravel()], -1)
-    d = disp[np.rint(pts[:, 1]).astype(int), np.rint(pts[:, 0]).astype(int)].astype(np.float64)
-    gt1 = pts - np.stack([np.nan_to_num(d, posinf=0.0), np.zeros_like(d)], -1)
-    occ1 = ~np.isfinite(d) | (gt1[:, 0] < 0)
-    tracks = np.stack([pts, gt1], axis=1)
-    occluded = np.stack([np.zeros(len(pts), bool), occ1], axis=1)
-    queries = np.concatenate([np.zeros((len(pts), 1)), pts], 1)
-    return np.stack([left, right]), queries, tracks, occluded
-
-
-def _parse_ranges(text: str | None) -> list[tuple[int, int]]:
-    if not text:
-        return []
-    out = []
-    for part in text.split(","):
-        a, b = part.split(":")
-        out.append((int(a), int(b)))
-    return out
-
-
-def _synthetic_benchmark(args: argparse.Namespace):
-    """(config, lazily rendered sequences) of the selected suite, sources and size."""
-    from ..preprocess import parse_size
-    from .layered import LayeredConfig, make_layered_benchmark
-    from .synthetic import HELD_OUT_CLIPS, SyntheticConfig, make_benchmark
-
-    clips = tuple(c.strip() for c in args.clips.split(",")) if args.clips else HELD_OUT_CLIPS
-    cls, make = (
-        (SyntheticConfig, make_benchmark)
-        if args.suite == "v1"
-        else (LayeredConfig, make_layered_benchmark)
-    )
-    kw = {"image_hw": parse_size(args.image_size), "seed": args.seed}
-    if args.frames is not None:
-        kw["num_frames"] = args.frames
-    config = cls(**kw)
-    return config, make(config, root=args.root, clips=clips, max_sequences=args.sequences)
-
-
 _SYNTHETIC_METHODS = ("rvm", "hybrid", "lk", "dis", "pixels")
-
-
-def eval_synthetic(args: argparse.Namespace) -> int:
-    from .layered import track_groups
-    from .synthetic import mask_scores, range_queries, track_scores
-
-    methods = {m.strip() for m in args.methods.split(",") if m.strip()}
-    unknown = methods - set(_SYNTHETIC_METHODS)
-    if unknown:
-        raise ValueError(f"unknown methods {sorted(unknown)}")
-    upsample = [u.strip() for u in args.upsample.split(",") if u.strip()]
-    prop_cfgs = {
-        u: dataclasses.replace(_prop_config(args.propagation), upsample=u) for u in upsample
-    }
-    readouts = [m for m in ("rvm", "hybrid") if m in methods]
-    image_only = [m for m in IMAGE_ONLY if m in methods]
-    feature_prop = not args.no_propagation and bool(prop_cfgs)
-    sources = _synthetic_sources(args, methods) if readouts or feature_prop else {}
-    ranges = _parse_ranges(args.ranges)
-    config, benchmark = _synthetic_benchmark(args)
-    rows: dict[tuple[str, str], dict[str, list]] = {}
-
-    def record(key: tuple[str, str], metric: str, value: float) -> None:
-        rows.setdefault(key, {}).setdefault(metric, []).append(value)
-
-    def score_tracks(key, q, gt, gto, tr, occ, hw, prefix=""):
-        m = track_scores(q, gt, gto, tr, occ, hw)
-        for name in ("average_jaccard", "average_pts_within_thresh", "occlusion_accuracy"):
-            record(key, prefix + name, m[name])
-        for a, b in ranges if not prefix and not args.range_queries else []:
-            if b <= gt.shape[1]:
-                r = track_scores(q, gt, gto, tr, occ, hw, frame_range=(a, b))
-                record(key, f"AJ[{a}:{b}]", r["average_jaccard"])
-                record(key, f"delta[{a}:{b}]", r["average_pts_within_thresh"])
-
-    def score_groups(key, seq, tr, occ, hw):
-        """v2: AJ of the tracks on the background, objects, occluders, and re-appearing ones."""
-        if seq.layer_of is None:
-            return
-        for group, sel in track_groups(seq).items():
-            if sel.any():
-                g = (seq.query_points[sel], seq.tracks[sel], seq.occluded[sel], tr[sel], occ[sel])
-                record(key, f"AJ_{group}", track_scores(*g, hw)["average_jaccard"])
-
-    def score_fresh_queries(key, track, gt, gto, hw):
-        """--range-queries: new queries at each range's first frame, scored on that range."""
-        q, src, which = range_queries(gt, gto, ranges)
-        tr, occ, _ = track(q)
-        for i, (a, b) in enumerate(ranges):
-            sel = which == i
-            if b <= gt.shape[1] and sel.any():
-                g, go = gt[src[sel]], gto[src[sel]]
-                r = track_scores(q[sel], g, go, tr[sel], occ[sel], hw, frame_range=(a, b))
-                record(key, f"AJ[{a}:{b}]", r["average_jaccard"])
-                record(key, f"delta[{a}:{b}]", r["average_pts_within_thresh"])
-
-    t_start = time.perf_counter()
-    videos = []
-    for seq in benchmark:
-        videos.append(seq.name)
-        hw = seq.frames.shape[1:3]
-        fresh = bool(ranges and args.range_queries)
-        for m in image_only:
-            track_img = partial(
-                track_video, frames=seq.frames, config=_tracker_config(m, args.tracker)
-            )
-            tr, occ, _ = track_img(seq.query_points)
-            score_tracks((m, "none"), seq.query_points, seq.tracks, seq.occluded, tr, occ, hw)
-            score_groups((m, "none"), seq, tr, occ, hw)
-            if fresh:
-                score_fresh_queries((m, "none"), track_img, seq.tracks, seq.occluded, hw)
-        if "dis" in methods and not args.no_propagation:
-            cfg = _tracker_config("dis", args.tracker).dis
-            pred = propagate_flow(seq.frames, seq.labels[0], cfg)
-            record(("dis", "none"), "JF_mean", mask_scores(seq.labels, pred)["JF_mean"])
-        for label, make in sources.items():
-            fn = make()
-            feats = [fn(f) for f in seq.frames]
-            for r in readouts:
-                cfg = _tracker_config(r, args.tracker)
-                track = partial(track_video, frames=seq.frames, features=feats, config=cfg)
-                tr, occ, _ = track(seq.query_points)
-                score_tracks((r, label), seq.query_points, seq.tracks, seq.occluded, tr, occ, hw)
-                score_groups((r, label), seq, tr, occ, hw)
-                if fresh:
-                    score_fresh_queries((r, label), track, seq.tracks, seq.occluded, hw)
-            for u, pcfg in prop_cfgs.items() if not args.no_propagation else ():
-                pred = propagate_labels(feats, seq.labels[0], pcfg, guides=seq.frames)
-                js = mask_scores(seq.labels, pred)
-                record(("propagation", label), _JF_COLUMN[u], js["JF_mean"])
-        print(f"  {seq.name}: done ({time.perf_counter() - t_start:.0f} s)", flush=True)
-
-    if not args.no_stereo:
-        frames, q, gt, gto = _stereo_case()
-        hw = frames.shape[1:3]
-        for m in image_only:
-            tr, occ, _ = track_video(q, frames=frames, config=_tracker_config(m, args.tracker))
-            score_tracks((m, "none"), q, gt, gto, tr, occ, hw, prefix="stereo_")
-        for label, make in sources.items():
-            fn = make()
-            # Two views, not two time steps: each view is its own stream (a static clip after
-            # the warm start), so the right view's features carry no state from the left one.
-            feats = []
-            for f in frames:
-                fn.reset()
-                feats.append(fn(f))
-            for r in readouts:
-                cfg = _tracker_config(r, args.tracker)
-                tr, occ, _ = track_video(q, frames=frames, features=feats, config=cfg)
-                score_tracks((r, label), q, gt, gto, tr, occ, hw, prefix="stereo_")
-
-    table = _synthetic_table(rows, sources, readouts)
-    jf_cols = [_JF_COLUMN[u] for u in upsample] if upsample else ["JF_mean"]
-    cols = ["average_jaccard", "average_pts_within_thresh", "occlusion_accuracy", *jf_cols]
-    if not args.no_stereo:
-        cols += ["stereo_average_jaccard", "stereo_average_pts_within_thresh"]
-    if args.suite == "v2":
-        cols += [f"AJ_{g}" for g in ("background", "objects", "occluders", "reappearing")]
-    cols += [f"AJ[{a}:{b}]" for a, b in ranges] + [f"delta[{a}:{b}]" for a, b in ranges]
-    print(
-        f"synthetic benchmark {args.suite}: {len(videos)} sequences x {config.num_frames} frames "
-        f"at {config.image_hw[1]}x{config.image_hw[0]} ({', '.join(videos)}); TAP-Vid 'first', "
-        "256x256"
-    )
-    _print_table(table, cols)
-    _write_json(
-        args.json,
-        {
-            "suite": args.suite,
-            "config": dataclasses.asdict(config),
-            "ranges": ranges,
-            "range_queries": bool(args.range_queries),
-            "videos": videos,
-            "rows": table,
-        },
-    )
-    return 0
-
-
-# J&F column of each label upsampling mode (the DIS row's J&F is its own flow warping).
-_JF_COLUMN = {"bilinear": "JF_mean", "nearest": "JF_nearest", "guided": "JF_guided"}
 _COLUMN_NAMES = {
     "average_jaccard": "AJ",
     "average_pts_within_thresh": "delta_avg",
@@ -576,37 +364,128 @@ _COLUMN_NAMES = {
 }
 
 
-def _synthetic_table(rows: dict, sources: dict, readouts: list[str]) -> list[dict]:
-    """Per-video means -> table rows; propagation J&F is shown on every row using its features."""
-    table = []
-    for (method, label), metrics in rows.items():
-        if method == "propagation":
-            continue
-        row = {"method": method, "features": label}
-        row.update({k: float(np.mean(v)) for k, v in metrics.items()})
-        prop = rows.get(("propagation", label), {})
-        for col in _JF_COLUMN.values():
-            if col in prop:
-                row[col] = float(np.mean(prop[col]))
-        row.setdefault("JF_mean", None)
-        table.append(row)
-    for label in sources:  # propagation-only rows when no readout was requested
-        if not readouts and ("propagation", label) in rows:
-            row = {"method": "propagation", "features": label}
-            row.update({k: float(np.mean(v)) for k, v in rows[("propagation", label)].items()})
-            table.append(row)
-    return table
+def _split(text: str) -> list[str]:
+    return [v.strip() for v in text.split(",") if v.strip()]
+
+
+def _parse_ranges(text: str | None) -> tuple[tuple[int, int], ...]:
+    if not text:
+        return ()
+    out = []
+    for part in text.split(","):
+        a, b = part.split(":")
+        out.append((int(a), int(b)))
+    return tuple(out)
+
+
+def _synthetic_config(args: argparse.Namespace) -> SyntheticEvalConfig:
+    """The methods, readout settings, ranges and parts of the benchmark the flags select."""
+    methods = set(_split(args.methods))
+    unknown = methods - set(_SYNTHETIC_METHODS)
+    if unknown:
+        raise ValueError(f"unknown methods {sorted(unknown)}")
+    upsample = [] if args.no_propagation else _split(args.upsample)
+    prop = _prop_config(args.propagation)
+    return SyntheticEvalConfig(
+        trackers={m: _tracker_config(m, args.tracker) for m in METHODS if m in methods},
+        propagation={u: dataclasses.replace(prop, upsample=u) for u in upsample},
+        flow_masks="dis" in methods and not args.no_propagation,
+        ranges=_parse_ranges(args.ranges),
+        range_queries=bool(args.range_queries),
+        stereo=not args.no_stereo,
+    )
+
+
+def _synthetic_sources(args: argparse.Namespace) -> tuple[dict, dict]:
+    """Feature source factories by row label, and what each is, from --features/--checkpoint."""
+    from ..checkpoint import DEFAULT_CHECKPOINT
+
+    ckpts = list(args.checkpoint or [])
+    if not ckpts:
+        if DEFAULT_CHECKPOINT.is_file():  # the shipped default model
+            ckpts = [str(DEFAULT_CHECKPOINT)]
+        else:
+            print("no --checkpoint and no default model: random 'tiny' weights only")
+            ckpts = ["tiny"]
+    pixel_grid = _parse_grid(args.pixel_grid)
+    if args.features is None:  # the earlier protocol: pixels on their own 16x16 grid
+        names = ["model"] + (["pixels"] if "pixels" in _split(args.methods) else [])
+        pixel_grid = pixel_grid or _parse_grid(args.grid) or (16, 16)
+    else:
+        names = parse_sources(args.features)
+    if args.random_baseline and "random" not in names:
+        names.append("random")
+    return feature_sources(
+        names,
+        ckpts,
+        size=_parse_grid(args.size),
+        grid=_parse_grid(args.grid),
+        pixel_grid=pixel_grid,
+        device=args.device,
+        warmup=args.warmup,
+        seed=args.seed,
+    )
+
+
+def _synthetic_benchmark(args: argparse.Namespace):
+    """(config, lazily rendered sequences) of the selected suite, sources and size."""
+    from ..preprocess import parse_size
+    from .layered import LayeredConfig, make_layered_benchmark
+    from .synthetic import HELD_OUT_CLIPS, SyntheticConfig, make_benchmark
+
+    clips = tuple(_split(args.clips)) if args.clips else HELD_OUT_CLIPS
+    cls, make = (
+        (SyntheticConfig, make_benchmark)
+        if args.suite == "v1"
+        else (LayeredConfig, make_layered_benchmark)
+    )
+    kw = {"image_hw": parse_size(args.image_size), "seed": args.seed}
+    if args.frames is not None:
+        kw["num_frames"] = args.frames
+    config = cls(**kw)
+    return config, make(config, root=args.root, clips=clips, max_sequences=args.sequences)
+
+
+def eval_synthetic(args: argparse.Namespace) -> int:
+    """``rvm eval synthetic``: score, print the table, write the JSON."""
+    config = _synthetic_config(args)
+    sources, about = _synthetic_sources(args) if config.needs_features else ({}, {})
+    bench, sequences = _synthetic_benchmark(args)
+    results = evaluate_synthetic(sequences, sources, config, progress=partial(print, flush=True))
+    videos = results["videos"]
+    print(
+        f"synthetic benchmark {args.suite}: {len(videos)} sequences x {bench.num_frames} frames "
+        f"at {bench.image_hw[1]}x{bench.image_hw[0]} ({', '.join(videos)}); TAP-Vid 'first', "
+        "256x256"
+    )
+    for label, a in about.items():
+        print(f"  features {label}: {a['source']} on a {a['grid'][0]}x{a['grid'][1]} grid")
+    _print_table(results["rows"], synthetic_columns(config, args.suite))
+    _write_json(
+        args.json,
+        {
+            "suite": args.suite,
+            "config": dataclasses.asdict(bench),
+            "ranges": [list(r) for r in config.ranges],
+            "range_queries": config.range_queries,
+            "videos": videos,
+            "rows": results["rows"],
+            "features": about,
+        },
+    )
+    return 0
 
 
 def _print_table(table: list[dict], cols: list[str]) -> None:
-    header = f"{'method':<11} | {'features':<8} | " + " | ".join(
+    width = max([8, *(len(row["features"]) for row in table)])
+    header = f"{'method':<11} | {'features':<{width}} | " + " | ".join(
         f"{_COLUMN_NAMES.get(c, c):>9}" for c in cols
     )
     print(header)
     print("-" * len(header))
     for row in table:
         vals = " | ".join(f"{_fmt(row.get(c)):>9}" for c in cols)
-        print(f"{row['method']:<11} | {row['features']:<8} | {vals}")
+        print(f"{row['method']:<11} | {row['features']:<{width}} | {vals}")
 
 
 # .. TAP-Vid .....................................................................................
@@ -620,7 +499,6 @@ def eval_tapvid(args: argparse.Namespace) -> int:
     h, w = parse_size(args.resize)
     fn = None
     if args.method not in IMAGE_ONLY:
-        args.pixel_grid = getattr(args, "pixel_grid", None)
         fn = _feature_fn(args)
     per_video, names = [], []
     for i, v in enumerate(read_tapvid(args.data, trust_pickle=args.trust_pickle)):
@@ -658,16 +536,12 @@ def eval_davis(args: argparse.Namespace) -> int:
     from .datasets import read_davis
     from .metrics import DAVIS_VOID_LABEL, davis_aggregate, davis_summary
 
-    args.pixel_grid = getattr(args, "pixel_grid", None)
-    if args.features == "model" and args.size is None:
+    size = None
+    if args.features != "pixels" and args.size is None:
         # The paper's DAVIS resolution 480x880 = a 30x55 grid at patch 16: keep that grid.
-        model = _load(args.checkpoint, args.device)
-        p = model.config.patch_size
-        fn: FeatureFn = ModelFeatures(
-            model, size=(30 * p, 55 * p), device=args.device, warmup=args.warmup
-        )
-    else:
-        fn = _feature_fn(args)
+        p = load_checkpoint(args.checkpoint, args.device).config.patch_size
+        size = (30 * p, 55 * p)
+    fn = _feature_fn(args, size=size)
     summaries, names = [], []
     for seq in read_davis(args.data, split=args.split, max_sequences=args.max_sequences):
         if hasattr(fn, "reset"):
