@@ -87,34 +87,29 @@ def cmd_info(args: argparse.Namespace) -> int:
 def _features_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("video", help="video file, folder of images, or .npy uint8 [T,H,W,3]")
     p.add_argument("--checkpoint", default="default", help="checkpoint (default: shipped model)")
-    p.add_argument("--out", required=True, help="output .npy, float32 [T,1+N,D]")
+    p.add_argument("--out", required=True, help="output .npy, float32 [T,h,w,D] feature maps")
     p.add_argument("--size", default=None, help="model input HxW (default: the model's)")
+    p.add_argument(
+        "--warmup", type=int, default=None, help="warm-start steps (default: the model's)"
+    )
     p.add_argument("--device", default="cpu")
 
 
 def cmd_features(args: argparse.Namespace) -> int:
     import numpy as np
-    import torch
 
     from .checkpoint import load_model
-    from .data.video import read_video
-    from .preprocess import parse_size, to_model_input
+    from .data.video import iter_video_frames
+    from .preprocess import parse_size
+    from .readout.features import ModelFeatures
 
     model = load_model(args.checkpoint, device=args.device)
-    size = parse_size(args.size) if args.size else model.config.image_size
-    p = model.config.patch_size
-    if size[0] % p or size[1] % p:
-        raise ValueError(f"--size {size[0]}x{size[1]} is not a multiple of the patch size {p}")
-    video = read_video(args.video)
-    state, out = None, []
-    with torch.inference_mode():
-        for frame in video:
-            x = to_model_input(torch.from_numpy(np.ascontiguousarray(frame))[None], size)
-            features, state = model.step(x.to(args.device), state)
-            out.append(features[0].float().cpu().numpy())
-    feats = np.stack(out)
+    size = parse_size(args.size) if args.size else None
+    stream = ModelFeatures(model, size, args.device, args.warmup)  # the node's warm start
+    feats = np.stack([stream(frame) for frame in iter_video_frames(args.video)])
     np.save(args.out, feats)
-    print(f"wrote {args.out}: {feats.shape[0]} frames x {feats.shape[1]} tokens x {feats.shape[2]}")
+    t, h, w, d = feats.shape
+    print(f"wrote {args.out}: {t} frames x {h}x{w} features x {d}")
     return 0
 
 

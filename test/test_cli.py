@@ -75,7 +75,7 @@ def test_features_from_npy_folder_and_video(official_npz, tmp_path):
         )
         assert code == 0
         results[kind] = np.load(out)
-        assert results[kind].shape == (4, 1 + 16 * 16, 32)  # default size = the model's 256x256
+        assert results[kind].shape == (4, 16, 16, 32)  # default size = the model's 256x256
         assert results[kind].dtype == np.float32
     # Lossless inputs give identical features; the mpeg4 file only approximately.
     np.testing.assert_array_equal(results["npy"], results["folder"])
@@ -83,7 +83,7 @@ def test_features_from_npy_folder_and_video(official_npz, tmp_path):
     small = tmp_path / "small.npy"
     assert main(["features", str(tmp_path / "clip.npy"), "--checkpoint", str(official_npz),
                  "--out", str(small), "--size", "32x48"]) == 0  # fmt: skip
-    assert np.load(small).shape == (4, 1 + 2 * 3, 32)
+    assert np.load(small).shape == (4, 2, 3, 32)
 
 
 def test_features_rejects_bad_size(official_npz, tmp_path, capsys):

@@ -539,8 +539,8 @@ def eval_davis(args: argparse.Namespace) -> int:
     size = None
     if args.features != "pixels" and args.size is None:
         # The paper's DAVIS resolution 480x880 = a 30x55 grid at patch 16: keep that grid.
-        p = load_checkpoint(args.checkpoint, args.device).config.patch_size
-        size = (30 * p, 55 * p)
+        s = load_checkpoint(args.checkpoint, args.device).config.feature_stride
+        size = (30 * s, 55 * s)
     fn = _feature_fn(args, size=size)
     summaries, names = [], []
     for seq in read_davis(args.data, split=args.split, max_sequences=args.max_sequences):

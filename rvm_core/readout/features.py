@@ -21,8 +21,7 @@ def feature_grid(model: Any, size: tuple[int, int]) -> tuple[int, int]:
     The one place that knows how a model's input size maps to its feature grid; every source
     compared with a model is built on this grid.
     """
-    p = model.config.patch_size
-    return size[0] // p, size[1] // p
+    return model.config.feature_grid(size)
 
 
 def resample_grid(features: np.ndarray, grid_hw: tuple[int, int]) -> np.ndarray:
