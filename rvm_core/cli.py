@@ -14,6 +14,7 @@ from .bench.gpu_check import check_gpu_args, cmd_check_gpu
 from .eval.commands import cmd_eval, cmd_propagate, cmd_track, eval_args, propagate_args, track_args
 from .export import cmd_export, export_args
 from .train.cli import cmd_pretrain, pretrain_args
+from .train.readout import cmd_train_readout, train_readout_args
 
 
 # -- convert ---------------------------------------------------------------------------------
@@ -130,6 +131,11 @@ COMMANDS: dict[str, tuple[str, Setup, Run]] = {
     "info": ("print a checkpoint's config and parameter counts", _info_args, cmd_info),
     "features": ("stream a video and save per-frame features", _features_args, cmd_features),
     "pretrain": ("pretrain an RVM (YAML config; DDP/FSDP/XLA)", pretrain_args, cmd_pretrain),
+    "train-readout": (
+        "train the online point-track readout over a checkpoint's frozen features (+ ONNX)",
+        train_readout_args,
+        cmd_train_readout,
+    ),
     "bench": (
         "benchmarks: `rvm bench <suite>` (all, runtime, node, peers...)",
         bench_args,

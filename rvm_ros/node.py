@@ -265,7 +265,7 @@ PARAMETERS: dict[str, tuple[Any, str, tuple[float, float] | None]] = {
 _ENUMS = {
     "device": ("auto", "cpu", "cuda", "tensorrt"),
     "feature_dtype": ("float16", "float32"),
-    "tracks.method": ("rvm", "hybrid", "lk", "dis"),
+    "tracks.method": ("rvm", "hybrid", "lk", "dis", "trained"),
 }
 
 # REP-2003 sensor-data semantics (best effort, volatile) with the newest frame only: the worker
