@@ -129,6 +129,14 @@ def _save_state(path: Path, net, opt, step: int, history: list, cfg, meta: dict)
     os.replace(tmp, path)
 
 
+def _saved_config(path: Path) -> dict:
+    """The training recipe stored in a run's state (resumed runs keep it)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return json.loads(f.metadata()["rvm_readout_train"])["train_config"]
+
+
 def _load_state(path: Path, net, opt) -> tuple[int, list]:
     from safetensors import safe_open
 
@@ -156,7 +164,12 @@ def train_readout_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", default="default", help="RVM checkpoint (frozen features)")
     p.add_argument("--out", default=None, help="run folder (default runs/readout/<model id>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
-    p.add_argument("--steps", type=int, default=ReadoutTrainConfig.steps)
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help=f"total steps (default {ReadoutTrainConfig.steps}; --resume: the run's own)",
+    )
     p.add_argument("--size", default=None, help="model input HxW (default: the model's)")
     p.add_argument("--data", default="runs/readout_data", help="rendered training clips")
     p.add_argument("--num-clips", type=int, default=ClipSpec.num_clips)
@@ -175,6 +188,14 @@ def train_readout_args(p: argparse.ArgumentParser) -> None:
         "--train", nargs="*", metavar="KEY=VALUE", default=[], help="ReadoutTrainConfig overrides"
     )
     p.add_argument("--no-export", action="store_true", help="skip the ONNX export at the end")
+    p.add_argument(
+        "--eval",
+        default=None,
+        metavar="SUITES",
+        help="then score the exported readout on held-out suites, e.g. v1,v2 (+ stereo)",
+    )
+    p.add_argument("--random-baseline", action="store_true", help="--eval also on random weights")
+    p.add_argument("--json", default=None, help="--eval results file")
 
 
 def _overrides(items: list[str]) -> dict:
@@ -218,7 +239,9 @@ def cmd_train_readout(args: argparse.Namespace) -> int:
     state_path = out / STATE_FILE
     if state_path.is_file() and not args.resume:
         raise ValueError(f"{state_path} exists: pass --resume to continue it, or another --out")
-    cfg = ReadoutTrainConfig(**{"steps": args.steps, **_overrides(args.train)})
+    saved = _saved_config(state_path) if args.resume and state_path.is_file() else {}
+    steps = {} if args.steps is None else {"steps": args.steps}
+    cfg = ReadoutTrainConfig(**{**saved, **steps, **_overrides(args.train)})
     spec = ClipSpec(args.num_clips, args.clip_frames, parse_size(args.image_size))
     clips = render_clips(args.data, spec, args.root, args.workers)
     feats = cache_features(clips, model, meta["model_id"], size, args.device)
@@ -272,4 +295,17 @@ def cmd_train_readout(args: argparse.Namespace) -> int:
         export_readout(net.cpu(), meta2, out / ONNX_FILE, image_hw=spec.image_hw)
         print(f"wrote {out / ONNX_FILE}")
     print(f"readout run {out}: step {step}/{cfg.steps}")
+    if args.eval:
+        from .readout_eval import evaluate_readout, print_results
+
+        suites = tuple(x.strip() for x in args.eval.split(",") if x.strip() != "stereo")
+        results = evaluate_readout(
+            str(out / ONNX_FILE),
+            args.checkpoint,
+            suites=suites,
+            random_baseline=args.random_baseline,
+            root=args.root,
+            device=args.device,
+        )
+        print_results(results, args.json)
     return 0
