@@ -243,8 +243,14 @@ def cmd_train_readout(args: argparse.Namespace) -> int:
     steps = {} if args.steps is None else {"steps": args.steps}
     cfg = ReadoutTrainConfig(**{**saved, **steps, **_overrides(args.train)})
     spec = ClipSpec(args.num_clips, args.clip_frames, parse_size(args.image_size))
+    t_data = time.perf_counter()
     clips = render_clips(args.data, spec, args.root, args.workers)
+    t_feat = time.perf_counter()
     feats = cache_features(clips, model, meta["model_id"], size, args.device)
+    print(
+        f"data ready: clips {t_feat - t_data:.0f} s, features {time.perf_counter() - t_feat:.0f} s",
+        flush=True,
+    )
     del model
     data = ClipSet(clips, feats)
 
