@@ -145,3 +145,13 @@ def test_official_s_end_to_end(tmp_path):
     assert main(args) == 0
     res = np.load(out)
     assert res["tracks"].shape == (4, 4, 2) and np.isfinite(res["tracks"]).all()
+
+
+def test_shipped_readout_matches_shipped_model():
+    """The readout that ``tracks.method: trained`` loads by default reads the shipped model."""
+    from rvm_core.checkpoint import load_model
+    from rvm_core.export import model_id
+
+    ro = TrainedReadout("default")
+    ro.check_model(model_id(load_model("default")))
+    assert ro.grid_hw == (12, 16) and ro.image_hw == (480, 640)

@@ -55,7 +55,7 @@ class TrackerConfig:
     lk: LKConfig = field(default_factory=LKConfig)
     dis: DISConfig = field(default_factory=DISConfig)
     readout: str = "default"  # method 'trained': the readout's .onnx (or its run folder)
-    trained_threshold: float = 0.5  # method 'trained': visible when visibility exceeds this
+    trained_threshold: float = 0.2  # method 'trained': visible when visibility exceeds this
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:

@@ -195,6 +195,11 @@ def train_readout_args(p: argparse.ArgumentParser) -> None:
         help="then score the exported readout on held-out suites, e.g. v1,v2 (+ stereo)",
     )
     p.add_argument("--random-baseline", action="store_true", help="--eval also on random weights")
+    p.add_argument(
+        "--ship",
+        action="store_true",
+        help="install the exported readout as the shipped default (rvm_core/weights)",
+    )
     p.add_argument("--json", default=None, help="--eval results file")
 
 
@@ -300,6 +305,14 @@ def cmd_train_readout(args: argparse.Namespace) -> int:
         net, meta2 = load_readout(out / WEIGHTS_FILE)
         export_readout(net.cpu(), meta2, out / ONNX_FILE, image_hw=spec.image_hw)
         print(f"wrote {out / ONNX_FILE}")
+        if args.ship:
+            import shutil
+
+            from ..readout.trained_io import DEFAULT_READOUT
+
+            shutil.copyfile(out / ONNX_FILE, DEFAULT_READOUT)
+            shutil.copyfile(out / WEIGHTS_FILE, DEFAULT_READOUT.with_suffix(".safetensors"))
+            print(f"installed as {DEFAULT_READOUT} (tracks.method: trained, readout: default)")
     print(f"readout run {out}: step {step}/{cfg.steps}")
     if args.eval:
         from .readout_eval import evaluate_readout, print_results

@@ -81,3 +81,51 @@ def print_results(results: dict[str, dict[str, float]], json_path: str | None = 
     if json_path:
         Path(json_path).write_text(json.dumps(results, indent=2))
         print(f"wrote {json_path}")
+
+
+# Training-side clips and a seed the held-out evaluation never uses: where thresholds are tuned.
+TUNING_CLIPS = (
+    "debian/tree.avi",
+    "debian/motion.mov",
+    "psychopy/testMovie.mp4",
+    "idtrackerai/test_A.avi",
+)
+
+
+def tune_threshold(
+    readout: str,
+    checkpoint: str,
+    thresholds: tuple[float, ...] = (0.2, 0.3, 0.4, 0.5, 0.6),
+    root: str = "data/real",
+    sequences: int = 4,
+) -> dict[str, dict[float, dict[str, float]]]:
+    """AJ/delta/OA per visibility threshold on v1/v2 sets of training-side clips (seed 1).
+
+    One tracking run per sequence; a point is visible where the readout's score exceeds the
+    threshold (``TrackerConfig.trained_threshold``). Never run on the evaluation clips.
+    """
+    model = _load(checkpoint)
+    cfg = TrackerConfig(method="trained", readout=readout)
+    out: dict[str, dict[float, dict[str, float]]] = {}
+    for suite in ("v1", "v2"):
+        if suite == "v1":
+            bench = make_benchmark(SyntheticConfig(seed=1), root=root, clips=TUNING_CLIPS)
+        else:
+            bench = make_layered_benchmark(
+                LayeredConfig(seed=1), root=root, clips=TUNING_CLIPS, max_sequences=sequences
+            )
+        rows: dict[float, list[dict]] = {t: [] for t in thresholds}
+        for seq in bench:
+            fn = ModelFeatures(model)
+            feats = [fn(f) for f in seq.frames]
+            q = seq.query_points
+            tr, _, score = track_video(q, frames=seq.frames, features=feats, config=cfg)
+            first = np.arange(tr.shape[1])[None] == np.round(q[:, :1]).astype(int)
+            hw = seq.frames.shape[1:3]
+            for t in thresholds:
+                occ = (score <= t) & ~first
+                rows[t].append(track_scores(q, seq.tracks, seq.occluded, tr, occ, hw))
+        out[suite] = {
+            t: {k: float(np.mean([r[k] for r in v])) for k in METRICS} for t, v in rows.items()
+        }
+    return out
