@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..readout.trained_io import load_readout, save_readout
+from ..readout.trained_checkpoint import load_readout, save_readout
 from ..readout.trained_net import ReadoutConfig, ReadoutNet
 from .readout_data import ClipSet, ClipSpec, cache_features, render_clips
 
