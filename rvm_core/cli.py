@@ -13,6 +13,7 @@ from collections.abc import Callable
 from .eval.commands import cmd_eval, cmd_propagate, cmd_track, eval_args, propagate_args, track_args
 from .export import cmd_export, export_args
 from .train.cli import cmd_pretrain, pretrain_args
+from .train.readout import cmd_train_readout, train_readout_args
 
 
 # -- convert ---------------------------------------------------------------------------------
@@ -128,6 +129,11 @@ COMMANDS: dict[str, tuple[str, Setup, Run]] = {
     "info": ("print a checkpoint's config and parameter counts", _info_args, cmd_info),
     "features": ("stream a video and save per-frame features", _features_args, cmd_features),
     "pretrain": ("pretrain an RVM (YAML config; DDP/FSDP/XLA)", pretrain_args, cmd_pretrain),
+    "train-readout": (
+        "train the online point-track readout over a checkpoint's frozen features (+ ONNX)",
+        train_readout_args,
+        cmd_train_readout,
+    ),
     "export-onnx": ("export one streaming step to ONNX (+ metadata)", export_args, cmd_export),
     "track": (
         "track query points through a video (rvm/hybrid/lk/dis)",

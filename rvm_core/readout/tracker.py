@@ -18,6 +18,9 @@ every frame and are re-acquired when the global peak is strong enough (re-detect
 precision; features veto or correct it (jump to a feature mode when it beats the similarity at the
 LK position by ``jump_margin``), decide visibility and re-detect. ``method='lk'``: LK only.
 ``method='dis'``: OpenCV DIS dense flow chained frame to frame, forward-backward checked (``dis``).
+``method='trained'``: the trained readout (``trained``: features for coarse matching and
+re-detection, the gray image for the fine path, one recurrent state row per track) in ONNX
+Runtime; ``readout`` names its .onnx file ("default": the one trained for the shipped model).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import numpy as np
 from .dis import DISConfig, DISFlow, dis_step
 from .lk import LKConfig, lk_step, to_gray
 
-METHODS = ("rvm", "hybrid", "lk", "dis")
+METHODS = ("rvm", "hybrid", "lk", "dis", "trained")
 IMAGE_ONLY = ("lk", "dis")  # methods that need no features
 
 
@@ -51,6 +54,8 @@ class TrackerConfig:
     jump_margin: float = 0.05  # cosine a distant mode needs over the continuous one (and LK)
     lk: LKConfig = field(default_factory=LKConfig)
     dis: DISConfig = field(default_factory=DISConfig)
+    readout: str = "default"  # method 'trained': the readout's .onnx (or its run folder)
+    trained_threshold: float = 0.2  # method 'trained': visible when visibility exceeds this
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -259,6 +264,9 @@ class PointTracker:
         self._frame: _FeatureFrame | None = None
         self._pyr: np.ndarray | None = None
         self._dis: DISFlow | None = None
+        self._readout = None  # method 'trained': the ONNX session, its per-track state rows
+        self._rstate = np.zeros((0, 0), np.float32)
+        self._cur: tuple[np.ndarray, np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -273,6 +281,8 @@ class PointTracker:
             setattr(self, name, getattr(self, name)[keep])
         if self._t0 is not None:
             self._t0, self._t = self._t0[keep], self._t[keep]
+        if len(self._rstate):
+            self._rstate = self._rstate[keep]
 
     def state(self) -> TrackState:
         """Current tracks (copies)."""
@@ -291,6 +301,11 @@ class PointTracker:
         if self.image_hw is None:
             raise ValueError("pass image or image_hw once so grid cells can be mapped to pixels")
         frame = pyr = None
+        if self.config.method == "trained":
+            if features is None or image is None:
+                raise ValueError("method 'trained' needs features and the image every frame")
+            self._cur = (np.asarray(features), to_gray(image))
+            return frame, pyr
         if self.config.method not in IMAGE_ONLY:
             if features is None:
                 raise ValueError(f"method {self.config.method!r} needs features every frame")
@@ -335,6 +350,8 @@ class PointTracker:
         self.score = np.concatenate([self.score, np.ones(n)])
         self.age = np.concatenate([self.age, np.zeros(n, np.int64)])
         self._ref = np.concatenate([self._ref, np.full(n, np.nan)])
+        if self.config.method == "trained" and n:
+            self._add_trained(pts)
         if self._frame is None:
             distract = np.full(n, np.inf)
         self._distract = np.concatenate([self._distract, distract])
@@ -354,6 +371,8 @@ class PointTracker:
                 self._update_lk(pyr)
             elif method == "dis":
                 self._update_dis(pyr)
+            elif method == "trained":
+                self._update_trained()
             else:
                 self._update_features(frame, pyr if method == "hybrid" else None)
             self.age += 1
@@ -373,6 +392,27 @@ class PointTracker:
             self._dis = DISFlow(self.config.dis)
         self.xy, self.visible, fb = dis_step(self._dis, self._pyr, gray, self.xy)
         self.score = 1.0 / (1.0 + fb)
+
+    def _trained(self):
+        if self._readout is None:
+            from .trained import TrainedReadout
+
+            self._readout = TrainedReadout(self.config.readout)
+        return self._readout
+
+    def _add_trained(self, pts: np.ndarray) -> None:
+        if self._cur is None:
+            raise ValueError("method 'trained': no frame yet, pass features and image to add()")
+        ro = self._trained()
+        rows = ro.new_rows(pts)
+        _, _, rows = ro.step(*self._cur, rows, np.ones(len(pts), bool))
+        self._rstate = np.concatenate([self._rstate.reshape(-1, rows.shape[1]), rows])
+
+    def _update_trained(self) -> None:
+        ro = self._trained()
+        new = np.zeros(len(self.ids), bool)
+        self.xy, self.score, self._rstate = ro.step(*self._cur, self._rstate, new)
+        self.visible = self.score > self.config.trained_threshold
 
     def _thresholds(self, relative: float, absolute: float) -> np.ndarray:
         ref = np.where(np.isnan(self._ref), 1.0, self._ref)
