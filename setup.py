@@ -51,7 +51,7 @@ setup(
     packages=find_packages(include=["rvm_core", "rvm_core.*", "rvm_ros", "rvm_ros.*"]),
     include_package_data=True,
     package_data={
-        "rvm_core": ["**/*.yaml", "**/*.json", "weights/*.safetensors"],
+        "rvm_core": ["**/*.yaml", "**/*.json", "weights/*.safetensors", "weights/*.onnx"],
         "rvm_ros": ["data/*"],
     },
     install_requires=INSTALL_REQUIRES,

@@ -155,5 +155,5 @@ def test_track_and_propagate_take_every_source(small_ckpt, tmp_path) -> None:
             assert r["tracks"].shape == (2, 3, 2)
         masks = tmp_path / f"{source}.npy"
         argv = ["propagate", str(video), "--first-mask", str(tmp_path / "m.png")]
-        assert main(argv + ["--out", str(masks), *common]) == 0, source
+        assert main(argv + ["--out", str(masks), "--method", "rvm", *common]) == 0, source
         assert np.load(masks).shape == (3, 96, 128)

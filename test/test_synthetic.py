@@ -99,8 +99,16 @@ def test_track_and_propagate_commands(tmp_path: Path) -> None:
     masks = tmp_path / "masks.npy"
     args = ["propagate", str(video), "--first-mask", str(tmp_path / "m.png"), "--out", str(masks)]
     for extra in (
-        ["--checkpoint", "tiny"],
-        ["--checkpoint", "tiny", "--propagation", "upsample=guided", "guide_radius=8"],
+        ["--method", "rvm", "--checkpoint", "tiny"],
+        [
+            "--method",
+            "rvm",
+            "--checkpoint",
+            "tiny",
+            "--propagation",
+            "upsample=guided",
+            "guide_radius=8",
+        ],
         ["--method", "dis", "--propagation", "preset=fast"],
     ):
         assert main(args + extra) == 0

@@ -155,7 +155,7 @@ def track_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("video", help="video file, folder of images, or .npy uint8 [T,H,W,3]")
     p.add_argument("--queries", required=True, help=".npy/.csv rows (t, x, y) in video pixels")
     p.add_argument("--out", required=True, help="output .npz: tracks [N,T,2], occluded [N,T]")
-    p.add_argument("--method", choices=METHODS, default="hybrid")
+    p.add_argument("--method", choices=METHODS, default=TrackerConfig.method)
     p.add_argument("--tracker", nargs="*", metavar="KEY=VALUE", help="TrackerConfig overrides")
     _common_feature_args(p)
 
@@ -202,8 +202,9 @@ def propagate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--method",
         choices=("rvm", "dis"),
-        default="rvm",
-        help="rvm: label propagation on features; dis: chained DIS optical flow warps",
+        default="dis",
+        help="dis (default, the best measured): chained DIS optical flow warps; rvm: label "
+        "propagation on features",
     )
     p.add_argument(
         "--propagation",
@@ -303,7 +304,7 @@ def eval_args(p: argparse.ArgumentParser) -> None:
     t = sub.add_parser("tapvid", help="TAP-Vid (DAVIS/Kinetics pickle, or .npz) point tracking")
     t.add_argument("data", help="TAP-Vid .pkl / .npz file or a folder of them")
     t.add_argument("--checkpoint", default="default", help="default: the shipped model")
-    t.add_argument("--method", choices=METHODS, default="hybrid")
+    t.add_argument("--method", choices=METHODS, default=TrackerConfig.method)
     _features_arg(t)
     t.add_argument("--query-mode", choices=("first", "strided"), default="first")
     t.add_argument("--resize", default="256x256", help="frames HxW the tracker sees")
