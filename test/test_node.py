@@ -372,6 +372,15 @@ def test_size_change_mid_stream_resets_and_resizes(model64):
     assert (r.frame_index, r.sequence_id) == (1, 1)
 
 
+def test_trained_readout_of_another_model_is_refused_at_configure(model64):
+    """The shipped readout was trained on the shipped model's features, not this export's."""
+    from rvm_core.readout.trained_io import ReadoutMismatchError
+
+    rt = RVMRuntime(model64, device="cpu")
+    with pytest.raises(ReadoutMismatchError, match="was trained on model .* not tiny-"):
+        CameraPipeline("cam", rt, PipelineConfig(tracks_method="trained"), (64, 64))
+
+
 def test_slot_keeps_only_newest(model64):
     pl = CameraPipeline("cam", RVMRuntime(model64, device="cpu"), input_hw=(64, 64))
     for i in range(5):
