@@ -4,11 +4,12 @@ workspace), so a deployment without the torch/dev extras does not fail on a miss
 
 from __future__ import annotations
 
-import ast
 import importlib.metadata as md
 import re
 import sys
 from pathlib import Path
+
+from import_graph import imports
 
 REPO = Path(__file__).resolve().parent.parent
 # Commands that also need the PyTorch side (they export or replay with it): not deployment.
@@ -23,22 +24,6 @@ ROSDEP = {
 }
 
 
-def _imports(path: Path) -> set[str]:
-    """Absolute module names a file imports anywhere (relative ones resolved)."""
-    package = ".".join(path.relative_to(REPO).with_suffix("").parts[:-1])
-    out: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            out |= {a.name for a in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
-                out.add(f"{base}.{node.module}" if node.module else base)
-            else:
-                out.add(node.module)
-    return out
-
-
 def _file(module: str) -> Path | None:
     """The source file of a project module (``rvm_core.x.y``), None if not ours."""
     path = REPO / Path(*module.split("."))
@@ -48,7 +33,7 @@ def _file(module: str) -> Path | None:
     return None
 
 
-def _third_party_imports() -> set[str]:
+def _third_partyimports() -> set[str]:
     """Top-level third-party modules of the deployment modules and the project code they use."""
     todo = [p for p in (REPO / "rvm_ros").glob("*.py") if p.name not in NOT_DEPLOYMENT]
     seen: set[Path] = set()
@@ -58,7 +43,7 @@ def _third_party_imports() -> set[str]:
         if path in seen:
             continue
         seen.add(path)
-        for module in _imports(path):
+        for module in imports(path):
             top = module.split(".")[0]
             if top in ("rvm_core", "rvm_ros"):
                 todo += [f for f in (_file(module),) if f is not None]
@@ -76,7 +61,7 @@ def _base_requirements() -> set[str]:
 def test_deployment_imports_are_declared_in_setup_and_package_xml():
     """Every third-party import of the node side is a base requirement (pip) and, for ROS
     packages and rosdep-packaged libraries, an exec_depend of package.xml."""
-    found = _third_party_imports() - set(OPTIONAL)
+    found = _third_partyimports() - set(OPTIONAL)
     dists = md.packages_distributions()
     package_xml = (REPO / "package.xml").read_text()
     ros_deps = set(re.findall(r"<(?:exec_)?depend>([\w-]+)</", package_xml))

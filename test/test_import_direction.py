@@ -3,11 +3,12 @@ the node side of ``rvm_ros`` runs without PyTorch and PyAV, as a robot's install
 
 from __future__ import annotations
 
-import ast
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
+
+from import_graph import imports
 
 REPO = Path(__file__).resolve().parent.parent
 # Commands that use the PyTorch side on purpose (a random-weight export when no model is
@@ -20,28 +21,6 @@ def _node_side() -> list[str]:
     """Module names of the node side: every rvm_ros module but the commands."""
     names = sorted(p.stem for p in (REPO / "rvm_ros").glob("*.py") if p.stem != "__init__")
     return [f"rvm_ros.{n}" for n in names if n not in COMMANDS]
-
-
-def _imports(path: Path, submodules: bool = False) -> set[str]:
-    """Absolute module names a file imports anywhere, function bodies too (relative resolved);
-    with ``submodules``, also ``pkg.name`` for every ``from pkg import name`` (which may be a
-    module)."""
-    parts = path.relative_to(REPO).with_suffix("").parts
-    package = ".".join(parts if parts[-1] == "__init__" else parts[:-1]).removesuffix(".__init__")
-    out: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            out |= {a.name for a in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
-                module = f"{base}.{node.module}" if node.module else base
-            else:
-                module = node.module
-            out.add(module)
-            if submodules:
-                out |= {f"{module}.{a.name}" for a in node.names}
-    return out
 
 
 def _files(module: str) -> list[Path]:
@@ -61,7 +40,7 @@ def test_rvm_core_never_imports_rvm_ros():
     offenders = [
         f"{path.relative_to(REPO)} imports {module}"
         for path in sorted((REPO / "rvm_core").rglob("*.py"))
-        for module in sorted(_imports(path))
+        for module in sorted(imports(path))
         if module.split(".")[0] == "rvm_ros"
     ]
     assert not offenders, "\n".join(offenders)
@@ -107,7 +86,7 @@ def test_node_side_never_reaches_torch_or_av_lazily_either():
         if path in seen:
             continue
         seen.add(path)
-        for module in _imports(path, submodules=True):
+        for module in imports(path, submodules=True):
             top = module.split(".")[0]
             if top in BLOCKED:
                 offenders.append(f"{path.relative_to(REPO)} (from {via}) imports {module}")
