@@ -219,6 +219,25 @@ def test_loss_decreases_skips_corrupt_and_writes_outputs(tmp_path: Path, data_di
         train(load_config(path))
 
 
+def test_minutes_budget_sets_the_steps_and_crop_size_trains_smaller(
+    tmp_path: Path, data_dirs
+) -> None:
+    """``run.minutes`` re-sets run.steps after the calibration steps so the cosine ends with the
+    budget (recorded in the run's config); ``data.crop_size`` trains below the model's size."""
+    import yaml
+
+    budget = {"steps": 100000, "minutes": 0.1, "save_every": 100000}
+    path = write_config(tmp_path, data_dirs, run=budget, data={"crop_size": [16, 24]})
+    cfg = load_config(path)
+    assert cfg.train_size == (16, 24) and cfg.train_grid == (4, 6)
+    summary = train(cfg)
+    steps = yaml.safe_load((Path(summary["run_dir"]) / "config.yaml").read_text())["run"]["steps"]
+    assert 20 < steps < 100000 and summary["steps"] == steps == cfg.run.steps
+    assert lr_at(steps - 1, cfg.optim, steps) < 0.05 * cfg.optim.lr  # the cosine ran out
+    with pytest.raises(ValueError, match="not a multiple of the patch"):
+        load_config(path, ["data.crop_size=[18, 24]"])
+
+
 def test_kill_and_resume_gives_the_same_losses(tmp_path: Path, data_dirs) -> None:
     """A SIGKILLed run resumed from its last checkpoint continues bit-for-bit like an
     uninterrupted one (data position with worker prefetch, optimizer, schedule, masks)."""

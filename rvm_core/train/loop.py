@@ -14,6 +14,7 @@ import math
 import os
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -148,33 +149,32 @@ def steps_in_budget(
     return int(all_reduce_mean(total, env))
 
 
-def _train(cfg: TrainConfig, env: DistEnv, resume: bool, save: bool) -> dict[str, Any]:
-    t_start = time.perf_counter()
+def _set_threads(cfg: TrainConfig, env: DistEnv) -> None:
+    """torch intra-op threads: ``run.threads``, or the host's cores split among its CPU ranks."""
     threads = cfg.run.threads
     if threads == 0 and env.world_size > 1 and env.device.type == "cpu":
         # several ranks on one CPU host: split the cores instead of oversubscribing them
         threads = max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
     if threads > 0:
         torch.set_num_threads(threads)
-    mc = cfg.model_config()
-    strategy = resolve_strategy(cfg.run.strategy, mc.name, env)
-    dtype = autocast_dtype(cfg.run.precision, env.device)
+
+
+def _grad_accum(cfg: TrainConfig, env: DistEnv) -> int:
+    """Micro-batches per optimizer step: batch_size / (batch_per_device x world size)."""
     per_step = cfg.optim.batch_per_device * env.world_size
     if cfg.optim.batch_size % per_step:
         raise ValueError(
             f"optim.batch_size {cfg.optim.batch_size} is not a multiple of batch_per_device "
             f"{cfg.optim.batch_per_device} x {env.world_size} ranks"
         )
-    accum = cfg.optim.batch_size // per_step
-    run_dir = cfg.run_dir
-    config_yaml = cfg.to_yaml()
-    if env.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if save and not resume and latest_checkpoint(run_dir) is not None:
-            raise ValueError(f"{run_dir} already has checkpoints: pass --resume or a new run.name")
-    barrier(env, "rvm.run_dir")
+    return cfg.optim.batch_size // per_step
 
-    # -- data: the local rank 0 of each host fills the frame cache, the others then reuse it --
+
+def _build_data(
+    cfg: TrainConfig, env: DistEnv, mc: RVMConfig
+) -> tuple[VideoClipDataset, VideoClipDataset | None, Any, list]:
+    """(training set, held-out preview set or None, loader, held-out paths): the local rank 0
+    of each host fills the frame cache, the others then reuse it."""
     train_paths, held_paths = split_heldout(cfg.data.paths, cfg.data.heldout)
     if not train_paths:
         raise ValueError(f"no training videos in {cfg.data.paths} (after the held-out split)")
@@ -224,6 +224,51 @@ def _train(cfg: TrainConfig, env: DistEnv, resume: bool, save: bool) -> dict[str
         prefetch_factor=cfg.data.prefetch_factor,
         pin_memory=env.device.type == "cuda",
     )
+    return dataset, held_ds, loader, held_paths
+
+
+def _write_run_info(
+    run_dir: Path,
+    mc: RVMConfig,
+    n_params: dict[str, int],
+    env: DistEnv,
+    about: dict[str, Any],
+    dataset: VideoClipDataset,
+    held_paths: list,
+) -> None:
+    """``run_info.json``: model, parameter counts, devices and the data actually read."""
+    info = {
+        "model": json.loads(mc.to_json()),
+        "parameters": n_params,
+        "world_size": env.world_size,
+        "device": str(env.device),
+        **about,
+        "train_videos": len(dataset.videos),
+        "train_frames": dataset.num_frames,
+        "clip_windows": len(dataset.items),
+        "skipped": dataset.num_skipped,
+        "skipped_files": dataset.skipped,
+        "heldout_videos": [str(p) for p in held_paths],
+    }
+    (run_dir / "run_info.json").write_text(json.dumps(info, indent=1))
+
+
+def _train(cfg: TrainConfig, env: DistEnv, resume: bool, save: bool) -> dict[str, Any]:
+    t_start = time.perf_counter()
+    _set_threads(cfg, env)
+    mc = cfg.model_config()
+    strategy = resolve_strategy(cfg.run.strategy, mc.name, env)
+    dtype = autocast_dtype(cfg.run.precision, env.device)
+    accum = _grad_accum(cfg, env)
+    run_dir = cfg.run_dir
+    config_yaml = cfg.to_yaml()
+    if env.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if save and not resume and latest_checkpoint(run_dir) is not None:
+            raise ValueError(f"{run_dir} already has checkpoints: pass --resume or a new run.name")
+    barrier(env, "rvm.run_dir")
+
+    dataset, held_ds, loader, held_paths = _build_data(cfg, env, mc)
 
     # -- model and optimizer ---------------------------------------------------------------
     model = build_model(mc, seed=cfg.run.seed)
@@ -245,22 +290,12 @@ def _train(cfg: TrainConfig, env: DistEnv, resume: bool, save: bool) -> dict[str
         loader.load_state_dict(data_state)
     if env.is_main:
         (run_dir / "config.yaml").write_text(config_yaml)
-        info = {
-            "model": json.loads(mc.to_json()),
-            "parameters": n_params,
-            "world_size": env.world_size,
-            "device": str(env.device),
+        about = {
             "strategy": strategy,
             "precision": str(dtype or torch.float32),
             "grad_accum": accum,
-            "train_videos": len(dataset.videos),
-            "train_frames": dataset.num_frames,
-            "clip_windows": len(dataset.items),
-            "skipped": dataset.num_skipped,
-            "skipped_files": dataset.skipped,
-            "heldout_videos": [str(p) for p in held_paths],
         }
-        (run_dir / "run_info.json").write_text(json.dumps(info, indent=1))
+        _write_run_info(run_dir, mc, n_params, env, about, dataset, held_paths)
     reporter = Reporter(
         run_dir,
         cfg.run.steps,
@@ -363,7 +398,7 @@ def _train(cfg: TrainConfig, env: DistEnv, resume: bool, save: bool) -> dict[str
                 step,
                 micro,
                 cfg.optim.batch_per_device,
-                sampling.num_target,
+                cfg.data.num_target,
                 num_patches,
                 mc.mask_ratio,
             )
