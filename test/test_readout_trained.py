@@ -152,6 +152,8 @@ def test_shipped_readout_matches_shipped_model():
     from rvm_core.checkpoint import load_model
     from rvm_core.export import model_id
 
+    model = load_model("default")
     ro = TrainedReadout("default")
-    ro.check_model(model_id(load_model("default")))
-    assert ro.grid_hw == (12, 16) and ro.image_hw == (480, 640)
+    ro.check_model(model_id(model))
+    assert ro.grid_hw == model.feature_grid(model.config.image_size)
+    assert ro.image_hw == (480, 640)
