@@ -210,7 +210,8 @@ def propagate_args(p: argparse.ArgumentParser) -> None:
         "--propagation",
         nargs="*",
         metavar="KEY=VALUE",
-        help="PropagationConfig (rvm; upsample=guided follows image edges) or DISConfig (dis)",
+        help="PropagationConfig (rvm; default upsample=guided follows image edges, "
+        "upsample=bilinear is the paper's protocol) or DISConfig (dis)",
     )
     _common_feature_args(p)
 
@@ -231,7 +232,8 @@ def cmd_propagate(args: argparse.Namespace) -> int:
         masks = propagate_flow(frames, first, _dis_config(args.propagation))
     else:
         fn = _feature_fn(args)
-        cfg = _prop_config(args.propagation)
+        # Camera-resolution boundaries unless asked otherwise (upsample=bilinear: the paper's).
+        cfg = _prop_config(["upsample=guided", *(args.propagation or [])])
         masks = propagate_labels((fn(f) for f in frames), first, cfg, guides=frames)
     np.save(args.out, masks.astype(np.uint8))
     print(f"wrote {args.out}: {masks.shape[0]} frames, {int(first.max())} objects")
