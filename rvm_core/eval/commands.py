@@ -202,9 +202,9 @@ def propagate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--method",
         choices=("rvm", "dis"),
-        default="dis",
-        help="dis (default, the best measured): chained DIS optical flow warps; rvm: label "
-        "propagation on features",
+        default="rvm",
+        help="rvm (default, the best measured with the shipped model): label propagation on "
+        "features, guided upsampling; dis: chained DIS optical flow warps (the node's default)",
     )
     p.add_argument(
         "--propagation",

@@ -216,16 +216,14 @@ def _overrides(items: list[str]) -> dict:
 
 def model_meta(checkpoint: str, model, size: tuple[int, int] | None) -> dict:
     """What a readout records about the RVM model whose features it reads."""
-    from ..checkpoint import resolve_checkpoint
     from ..export import model_id
 
     size = tuple(size or model.config.image_size)
-    p = model.config.patch_size
     return {
         "model_id": model_id(model),
-        "model_checkpoint": str(resolve_checkpoint(checkpoint)),
+        "model_checkpoint": str(checkpoint),
         "model_input_hw": list(size),
-        "grid_hw": [size[0] // p, size[1] // p],
+        "grid_hw": list(model.feature_grid(size)),
         "feature_dim": model.config.width,
     }
 
