@@ -131,7 +131,7 @@ def measure_size(
     if name == "S" and not quick:
         rvms["RVM"] = build_rvm("S")
     else:
-        kw = dict(patch_size=PATCH, image_size=(image, image), stem="patch")
+        kw = dict(patch_size=PATCH, image_size=(image, image), stem="patch", fine_features=False)
         if quick:  # the quick RVM shares the peers' quick width and depth
             kw.update(width=d, enc_layers=layers, enc_heads=size["heads"], enc_mlp=mlp)
         rvms["RVM"] = build_rvm("default", quick, **kw)

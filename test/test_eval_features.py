@@ -41,7 +41,8 @@ def test_every_source_gives_maps_on_the_model_feature_grid(small_ckpt, checkpoin
     assert list(factories) == ["trained", "tokenizer", "random", "sift", "pixels"]
     model = load_model(ckpt)
     grid = feature_grid(model, (48, 64))
-    assert grid == (48 // model.config.patch_size, 64 // model.config.patch_size)
+    s = model.config.feature_stride  # the patch, or half of it with a fine feature head
+    assert grid == (48 // s, 64 // s)
     for label, make in factories.items():
         source = make()
         maps = [source(FRAME), source(FRAME[::-1].copy())]

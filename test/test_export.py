@@ -117,8 +117,8 @@ def test_parity_fp32_fine_features(tmp_path: Path) -> None:
     with torch.no_grad():
         for p in (m.fine.state.weight, m.fine.dense_out.weight):
             p.normal_(0, 0.05, generator=torch.Generator().manual_seed(1))
-    path = export_onnx(m, tmp_path / "m.onnx", (64, 96)).path
-    assert read_metadata(ort.InferenceSession(str(path))).grid == (8, 12)
+    path = export_onnx(m, tmp_path / "m.onnx", (64, 96), model_size=(64, 96)).path
+    assert read_metadata(path).grid == (8, 12)
     video = _video(6, 64, 96)
     ref = _torch_stream(m, video, (64, 96))
     for (rf, rs), (gf, gs) in zip(ref, _ort_stream(path, video)):
