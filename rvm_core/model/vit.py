@@ -82,6 +82,10 @@ class PatchEmbedding(nn.Module):
         self.patch_size = patch_size
         self.proj = nn.Conv2d(3, dim, kernel_size=patch_size, stride=patch_size)
 
+    def encode(self, frames: torch.Tensor) -> tuple[torch.Tensor, None]:
+        """Frames -> (tokens, None): a linear embedding has no stride-8 activations."""
+        return self(frames), None
+
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         return self.proj(frames).flatten(2).transpose(1, 2)
 
@@ -116,11 +120,7 @@ class Tokenizer(nn.Module):
         p = self.patch_embedding.patch_size
         # Plain ints: the table is a constant per grid (ONNX tracing would give tensors here).
         grid = (int(frames.shape[-2]) // p, int(frames.shape[-1]) // p)
-        skip = None
-        if isinstance(self.patch_embedding, ConvPatchEmbedding):
-            tokens, skip = self.patch_embedding.encode(frames)
-        else:
-            tokens = self.patch_embedding(frames)
+        tokens, skip = self.patch_embedding.encode(frames)
         return tokens + self.posenc(grid, tokens.device).to(tokens.dtype), skip
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
