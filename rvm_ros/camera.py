@@ -38,6 +38,8 @@ REQUEST_TIMEOUT_S = 5.0
 class Runtime(Protocol):
     """What the pipeline needs from ``rvm_ros.runtime.RVMRuntime``."""
 
+    metadata: Any  # rvm_ros.runtime.ModelMetadata: its model_id checks a trained readout
+
     def step(self, image: np.ndarray, stream: str = ...) -> np.ndarray: ...
 
     def reset(self, stream: str = ...) -> None: ...
@@ -153,14 +155,9 @@ class CameraPipeline:
         self._requests = WorkerQueue(wake)  # service changes to the worker-owned state below
         self._slot: _Pending | None = None
         self._arrivals = 0
-        tracker_config = TrackerConfig(method=self.config.tracks_method)
-        if tracker_config.method == "trained":
-            # A readout trained on another model's features would track nonsense: refuse it
-            # here, at configure, with the one-line reason.
-            from rvm_core.readout.trained import TrainedReadout
-
-            TrainedReadout(tracker_config.readout).check_model(runtime.metadata.model_id)
-        self._tracker = PointTracker(tracker_config)
+        self._tracker = PointTracker(
+            TrackerConfig(method=self.config.tracks_method, model_id=runtime.metadata.model_id)
+        )
         self._tracks = _Tracks()
         self.sequence_id = 0
         self.frame_index = 0  # index the next processed frame gets

@@ -56,6 +56,9 @@ class TrackerConfig:
     dis: DISConfig = field(default_factory=DISConfig)
     readout: str = "default"  # method 'trained': the readout's .onnx (or its run folder)
     trained_threshold: float = 0.2  # method 'trained': visible when visibility exceeds this
+    # method 'trained': id of the model whose features it reads; a readout trained on another
+    # model is refused at construction (None: not checked)
+    model_id: str | None = None
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -247,7 +250,12 @@ class PointTracker:
         self.config = config or TrackerConfig()
         self._next_id = 0
         self.image_hw: tuple[int, int] | None = None  # camera size: kept across reset()
+        self._readout = None  # method 'trained': the ONNX session, kept across reset()
         self.reset()
+        if self.config.method == "trained":
+            # A readout trained on another model's features would track nonsense: refuse it
+            # now, with the one-line reason, not at the first frame.
+            self._trained().check_model(self.config.model_id)
 
     # -- bookkeeping -------------------------------------------------------------------------
     def reset(self) -> None:
@@ -264,8 +272,7 @@ class PointTracker:
         self._frame: _FeatureFrame | None = None
         self._pyr: np.ndarray | None = None
         self._dis: DISFlow | None = None
-        self._readout = None  # method 'trained': the ONNX session, its per-track state rows
-        self._rstate = np.zeros((0, 0), np.float32)
+        self._rstate = np.zeros((0, 0), np.float32)  # method 'trained': per-track state rows
         self._cur: tuple[np.ndarray, np.ndarray] | None = None
 
     def __len__(self) -> int:
