@@ -221,7 +221,7 @@ TABLE: tuple[NodeParameter, ...] = (
     _P(
         "masks.method",
         "dis",
-        "mask readout: dis (DIS optical-flow warp, best measured) or features (feature "
+        "mask readout: dis (DIS optical-flow warp, real time) or features (feature "
         "nearest neighbours, guided upsampling)",
         choices=MASK_METHODS,
         pipeline=True,
