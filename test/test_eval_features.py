@@ -19,7 +19,6 @@ from rvm_core.readout.features import (
     ModelFeatures,
     SiftFeatures,
     TokenizerFeatures,
-    feature_grid,
     resample_grid,
 )
 
@@ -40,7 +39,7 @@ def test_every_source_gives_maps_on_the_model_feature_grid(small_ckpt, checkpoin
     factories, about = feature_sources(FEATURE_SOURCES, [ckpt], size=(48, 64))
     assert list(factories) == ["trained", "tokenizer", "random", "sift", "pixels"]
     model = load_model(ckpt)
-    grid = feature_grid(model, (48, 64))
+    grid = model.feature_grid((48, 64))
     s = model.config.feature_stride  # the patch, or half of it with a fine feature head
     assert grid == (48 // s, 64 // s)
     for label, make in factories.items():

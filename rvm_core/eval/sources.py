@@ -12,7 +12,6 @@ from ..readout.features import (
     PixelFeatures,
     SiftFeatures,
     TokenizerFeatures,
-    feature_grid,
 )
 
 # model: the checkpoint's features; tokenizer: its tokenizer output alone; random: the same
@@ -82,7 +81,7 @@ def feature_sources(
     loaded = [(c, load_checkpoint(c, device)) for c in checkpoints]
     base = loaded[0][1]
     size = tuple(size or base.config.image_size)
-    grid = tuple(grid or feature_grid(base, size))
+    grid = tuple(grid or base.feature_grid(size))
     trained = [(c, m) for c, m in loaded if c not in CONFIGS]
     if "model" in names and not trained and "random" not in names:
         names.append("random")

@@ -15,15 +15,6 @@ import cv2
 import numpy as np
 
 
-def feature_grid(model: Any, size: tuple[int, int]) -> tuple[int, int]:
-    """Grid (h, w) of the model's output features for input size (H, W).
-
-    The one place that knows how a model's input size maps to its feature grid; every source
-    compared with a model is built on this grid.
-    """
-    return model.config.feature_grid(size)
-
-
 def resample_grid(features: np.ndarray, grid_hw: tuple[int, int]) -> np.ndarray:
     """Features [h,w,C] -> [gh,gw,C] float32: bilinear with half-pixel centres, antialiased down.
 
@@ -143,7 +134,7 @@ class ModelFeatures:
         self.model = model.eval()
         self.size = tuple(size or model.config.image_size)
         _check_size(model, self.size)
-        self.grid_hw = feature_grid(model, self.size)
+        self.grid_hw = model.feature_grid(self.size)
         self.device = device
         self.warmup = model.config.warmup_steps if warmup is None else int(warmup)
         if self.warmup < 0:
@@ -196,7 +187,7 @@ class TokenizerFeatures:
         if self.size[0] % stride or self.size[1] % stride:
             raise ValueError(f"size {self.size} is not a multiple of the tokenizer stride {stride}")
         self.token_grid = (self.size[0] // stride, self.size[1] // stride)
-        self.grid_hw = _check_grid(grid_hw or feature_grid(model, self.size), "tokenizer")
+        self.grid_hw = _check_grid(grid_hw or model.feature_grid(self.size), "tokenizer")
         self.device = device
 
     def reset(self) -> None:
